@@ -1,0 +1,277 @@
+"""The lake: every artifact lives under one root URI, a local folder or ``s3://bucket/prefix``.
+
+All I/O goes through fsspec (and pyarrow on top of fsspec file objects), so local and S3 share one code path.
+Writes are atomic: a writer produces a temporary object next to the target and moves it into place only when it is
+complete, so a crash mid-write leaves the previous good output readable. (On S3 a single PUT is already atomic: the
+object appears whole or not at all, so we write it directly.)
+
+Layout (relative to the root) is documented in README.md; the helpers in this module build those paths.
+"""
+
+import contextlib
+import io
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DEFAULT_ROOT_ENV = "EVAL_LAKE_ROOT"
+
+
+class LakeError(RuntimeError):
+    """A lake operation failed; the message names the path."""
+
+
+def default_root() -> str:
+    return os.environ.get(DEFAULT_ROOT_ENV) or str(Path.cwd() / "lake")
+
+
+def s3_storage_options() -> dict[str, Any]:
+    """Options for s3fs, read from the environment; credentials stay with the standard AWS chain.
+
+    EVAL_S3_ENDPOINT_URL (or AWS_ENDPOINT_URL) points at a non-AWS endpoint; retries use botocore's standard mode so
+    transient faults (throttling, 5xx, dropped connections) back off and retry instead of failing the run.
+    """
+    endpoint = os.environ.get("EVAL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    opts: dict[str, Any] = {
+        "config_kwargs": {"retries": {"max_attempts": int(os.environ.get("EVAL_S3_MAX_ATTEMPTS", "8")),
+                                      "mode": "standard"},
+                          "connect_timeout": 5, "read_timeout": 30},
+        "retries": int(os.environ.get("EVAL_S3_MAX_ATTEMPTS", "8")),
+        "skip_instance_cache": True,
+    }
+    if endpoint:
+        opts["client_kwargs"] = {"endpoint_url": endpoint}
+    return opts
+
+
+def _clean_rel(rel: str) -> str:
+    """Normalise a lake-relative path and refuse anything that would escape the root."""
+    rel = rel.replace("\\", "/")
+    if rel.startswith("/") or "://" in rel:
+        raise LakeError(f"lake path {rel!r} must be relative to the lake root")
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise LakeError(f"lake path {rel!r} tries to leave the lake root ('..' is not allowed)")
+    return "/".join(parts)
+
+
+class Lake:
+    """A root URI plus atomic read/write helpers. Cheap to construct; holds an fsspec filesystem."""
+
+    def __init__(self, root: str | None = None, storage_options: dict[str, Any] | None = None):
+        root = root or default_root()
+        if "://" not in root:
+            root = str(Path(root).expanduser().resolve())
+        self.root = root.rstrip("/")
+        self.protocol = root.split("://", 1)[0] if "://" in root else "file"
+        if storage_options is None and self.protocol == "s3":
+            storage_options = s3_storage_options()
+        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
+        self.is_local = self.protocol in ("file", "local")
+        if self.is_local:
+            os.makedirs(self._root_path, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Lake({self.root!r})"
+
+    # -- paths ---------------------------------------------------------------------------------------------------
+    def path(self, rel: str) -> str:
+        """Filesystem path (without protocol) for a lake-relative path."""
+        rel = _clean_rel(rel)
+        return posixpath.join(self._root_path, rel) if rel else self._root_path
+
+    def uri(self, rel: str) -> str:
+        """Full URI (with protocol) for display and for reports."""
+        rel = _clean_rel(rel)
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def rel(self, fs_path: str) -> str:
+        """Inverse of path(): the lake-relative form of a filesystem path returned by ls/glob."""
+        fs_path = fs_path.rstrip("/")
+        root = self._root_path.rstrip("/")
+        if fs_path == root:
+            return ""
+        if not fs_path.startswith(root + "/"):
+            raise LakeError(f"{fs_path!r} is outside the lake root {self.root}")
+        return fs_path[len(root) + 1:]
+
+    # -- queries -------------------------------------------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def ls(self, rel: str, detail: bool = False) -> list:
+        """Direct children of a folder (lake-relative names), [] if it does not exist. Temp files are hidden."""
+        p = self.path(rel)
+        try:
+            entries = self.fs.ls(p, detail=True)
+        except FileNotFoundError:
+            return []
+        out = []
+        for e in entries:
+            name = e["name"].rstrip("/")
+            if posixpath.basename(name).startswith(".tmp-") or name.rstrip("/") == p.rstrip("/"):
+                continue
+            if detail:
+                out.append({**e, "rel": self.rel(name)})
+            else:
+                out.append(self.rel(name))
+        return sorted(out, key=lambda e: e["rel"] if detail else e)
+
+    def find(self, rel: str) -> list[dict]:
+        """All files below a folder with size and modification time, sorted by path."""
+        p = self.path(rel)
+        try:
+            found = self.fs.find(p, detail=True)
+        except FileNotFoundError:
+            return []
+        out = []
+        for name, info in found.items():
+            if posixpath.basename(name).startswith(".tmp-"):
+                continue
+            out.append({"rel": self.rel(name), "size": info.get("size"), "mtime": _mtime(info)})
+        return sorted(out, key=lambda e: e["rel"])
+
+    def info(self, rel: str) -> dict:
+        info = self.fs.info(self.path(rel))
+        return {"rel": _clean_rel(rel), "size": info.get("size"), "mtime": _mtime(info)}
+
+    # -- reads ---------------------------------------------------------------------------------------------------
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(rel))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"not found in the lake: {self.uri(rel)}") from None
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode("utf-8")
+
+    def read_json(self, rel: str) -> Any:
+        raw = self.read_bytes(rel)
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise LakeError(f"{self.uri(rel)} is not valid JSON: {exc}") from None
+
+    def open(self, rel: str, mode: str = "rb"):
+        return self.fs.open(self.path(rel), mode)
+
+    def parquet_file(self, rel: str) -> pq.ParquetFile:
+        """Open a parquet file for streaming; a corrupt or truncated file raises LakeError naming it."""
+        try:
+            return pq.ParquetFile(self.fs.open(self.path(rel), "rb"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"not found in the lake: {self.uri(rel)}") from None
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise LakeError(f"{self.uri(rel)} is not a readable parquet file (corrupt or truncated?): {exc}") from None
+
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pd.DataFrame:
+        pf = self.parquet_file(rel)
+        try:
+            return pf.read(columns=columns).to_pandas()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise LakeError(f"{self.uri(rel)} could not be read as parquet: {exc}") from None
+
+    def iter_batches(self, rel: str, columns: list[str] | None = None, batch_size: int = 250_000) -> Iterator[pa.RecordBatch]:
+        pf = self.parquet_file(rel)
+        yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+
+    # -- atomic writes -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def atomic_open(self, rel: str) -> Iterator[Any]:
+        """Yield a binary file; the target appears only if the block finishes without an exception."""
+        target = self.path(rel)
+        parent = posixpath.dirname(target)
+        if self.is_local:
+            os.makedirs(parent, exist_ok=True)
+            tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(target)}")
+            try:
+                with open(tmp, "wb") as fh:
+                    yield fh
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            # Object stores: buffer and PUT once; a failed block never uploads anything.
+            buf = io.BytesIO()
+            yield buf
+            self.fs.pipe_file(target, buf.getvalue())
+
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        with self.atomic_open(rel) as fh:
+            fh.write(data)
+        return self.uri(rel)
+
+    def write_text(self, rel: str, text: str) -> str:
+        return self.write_bytes(rel, text.encode("utf-8"))
+
+    def write_json(self, rel: str, obj: Any) -> str:
+        return self.write_bytes(rel, dumps_canonical(obj).encode("utf-8"))
+
+    def write_parquet(self, rel: str, data: pd.DataFrame | pa.Table) -> str:
+        table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+        with self.atomic_open(rel) as fh:
+            pq.write_table(table, fh, compression="zstd")
+        return self.uri(rel)
+
+    @contextlib.contextmanager
+    def parquet_writer(self, rel: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+        """Stream record batches into one parquet file, atomically."""
+        with self.atomic_open(rel) as fh:
+            writer = pq.ParquetWriter(fh, schema, compression="zstd")
+            try:
+                yield writer
+            finally:
+                writer.close()
+
+    def delete(self, rel: str, recursive: bool = False) -> None:
+        if self.exists(rel):
+            self.fs.rm(self.path(rel), recursive=recursive)
+
+
+def _mtime(info: dict) -> float | None:
+    for key in ("mtime", "LastModified", "last_modified", "created"):
+        v = info.get(key)
+        if v is None:
+            continue
+        if hasattr(v, "timestamp"):
+            return float(v.timestamp())
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def dumps_canonical(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, fixed separators, NaN/inf refused (they are not JSON)."""
+    return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False, default=_json_default) + "\n"
+
+
+def _json_default(o: Any) -> Any:
+    import datetime as _dt
+
+    import numpy as np
+
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.bool_,)):
+        return bool(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (_dt.datetime, _dt.date, pd.Timestamp)):
+        return o.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

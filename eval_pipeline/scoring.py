@@ -1,0 +1,214 @@
+"""Scoring: turn a registered model version into predictions for a snapshot's evaluation rows, in batches.
+
+Flavors
+- ``sklearn-skops``: loaded with skops; only types skops trusts by default plus the operator's allowlist
+  (EVAL_TRUSTED_TYPES, comma-separated) are allowed. The file's own list of types is never trusted blindly.
+- ``sklearn-joblib``: a pickle; loaded only after its sha256 matched the manifest (Registry.verified_artifact).
+- ``predictions``: scores computed elsewhere (a service, an LLM pipeline), a parquet keyed by row id.
+
+Output: ``predictions/<task>/<snapshot_id>/<model>/<version>.parquet`` with the id column and the score columns, in
+snapshot order, one row per evaluation row. It is re-used when the same snapshot and artifact hash were scored before.
+"""
+
+import io
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .lake import Lake
+from .registry import ModelManifest, Registry, RegistryError
+from .snapshot import Snapshot, eval_rows
+from .spec import EvalSpec
+
+
+class ScoringError(ValueError):
+    """A model that could not be scored; the message names the model version and what was wrong."""
+
+
+def score_columns(spec: EvalSpec) -> list[str]:
+    if spec.task_type == "binary_classification":
+        return ["score"]
+    if spec.task_type == "regression":
+        return ["prediction"]
+    if not spec.model.classes:
+        raise ScoringError(f"task '{spec.task}': multiclass tasks need model.classes (the class order)")
+    return [f"proba_{c}" for c in spec.model.classes]
+
+
+def trusted_types_from_env() -> list[str]:
+    raw = os.environ.get("EVAL_TRUSTED_TYPES", "")
+    return [t.strip() for t in raw.split(",") if t.strip()]
+
+
+@dataclass
+class LoadedModel:
+    manifest: ModelManifest
+    model: Any = None                       # an estimator for sklearn flavors
+    predictions: pd.DataFrame | None = None  # indexed by id for the predictions flavor
+
+
+def load_model(registry: Registry, manifest: ModelManifest, trusted_types: list[str] | None = None) -> LoadedModel:
+    data = registry.verified_artifact(manifest)  # sha256 checked before anything is deserialised
+    ref = manifest.ref
+    if manifest.flavor == "sklearn-skops":
+        import skops.io as sio
+
+        trusted = trusted_types if trusted_types is not None else trusted_types_from_env()
+        untrusted = [t for t in sio.get_untrusted_types(data=data) if t not in trusted]
+        if untrusted:
+            raise ScoringError(f"model {ref}: the skops file contains types that are not trusted: {untrusted}. "
+                               f"If you trust them, add them to EVAL_TRUSTED_TYPES (comma-separated).")
+        try:
+            return LoadedModel(manifest, model=sio.loads(data, trusted=trusted or None))
+        except Exception as exc:  # noqa: BLE001 - any failure here is the artifact's fault
+            raise ScoringError(f"model {ref}: skops could not load the artifact: {exc}") from None
+    if manifest.flavor == "sklearn-joblib":
+        import joblib
+
+        try:
+            return LoadedModel(manifest, model=joblib.load(io.BytesIO(data)))
+        except Exception as exc:  # noqa: BLE001
+            raise ScoringError(f"model {ref}: joblib could not load the artifact: {exc}") from None
+    if manifest.flavor == "predictions":
+        try:
+            frame = pd.read_parquet(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001
+            raise ScoringError(f"model {ref}: predictions file is not readable parquet: {exc}") from None
+        return LoadedModel(manifest, predictions=frame)
+    raise RegistryError(f"model {ref}: unknown flavor {manifest.flavor!r}")
+
+
+def _predict_batch(loaded: LoadedModel, features: pd.DataFrame, spec: EvalSpec) -> np.ndarray:
+    ref = loaded.manifest.ref
+    try:
+        if spec.task_type == "regression":
+            out = loaded.model.predict(features)
+        else:
+            out = loaded.model.predict_proba(features)
+    except Exception as exc:  # noqa: BLE001 - a model that raises is reported, not propagated raw
+        raise ScoringError(f"model {ref} raised while scoring {len(features)} rows: {type(exc).__name__}: {exc}") from None
+    out = np.asarray(out, dtype="float64")
+    n = len(features)
+    if spec.task_type == "binary_classification":
+        if out.ndim == 2 and out.shape == (n, 2):
+            out = out[:, 1]
+        elif out.ndim != 1 or out.shape[0] != n:
+            raise ScoringError(f"model {ref}: predict_proba returned shape {out.shape}; expected ({n}, 2) or ({n},)")
+    elif spec.task_type == "regression":
+        out = out.reshape(-1) if out.ndim == 2 and out.shape[1] == 1 else out
+        if out.shape != (n,):
+            raise ScoringError(f"model {ref}: predict returned shape {out.shape}; expected ({n},)")
+    else:
+        k = len(spec.model.classes or [])
+        if out.shape != (n, k):
+            raise ScoringError(f"model {ref}: predict_proba returned shape {out.shape}; expected ({n}, {k})")
+    return out
+
+
+def _check_scores(values: np.ndarray, ids: np.ndarray, spec: EvalSpec, ref: str) -> None:
+    bad = ~np.isfinite(values)
+    if values.ndim == 2:
+        bad = bad.any(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ScoringError(f"model {ref}: {int(bad.sum())} non-finite score(s) (NaN or inf), e.g. for "
+                           f"{spec.columns.id}={ids[i]!r}")
+    if spec.task_type != "regression":
+        out = (values < 0) | (values > 1)
+        if values.ndim == 2:
+            out = out.any(axis=1)
+        if out.any():
+            i = int(np.flatnonzero(out)[0])
+            raise ScoringError(f"model {ref}: {int(out.sum())} score(s) outside [0, 1], e.g. for "
+                               f"{spec.columns.id}={ids[i]!r}; expected probabilities")
+
+
+def predictions_path(spec: EvalSpec, snapshot: Snapshot, manifest: ModelManifest) -> str:
+    return f"predictions/{spec.task}/{snapshot.snapshot_id}/{manifest.name}/{manifest.version}.parquet"
+
+
+def score_model(lake: Lake, registry: Registry, spec: EvalSpec, snapshot: Snapshot, manifest: ModelManifest,
+                trusted_types: list[str] | None = None) -> dict:
+    """Score one model version on the evaluation rows; returns a summary (path, rows, cached, seconds)."""
+    import time
+
+    out_rel = predictions_path(spec, snapshot, manifest)
+    meta_rel = out_rel.replace(".parquet", ".json")
+    if lake.exists(meta_rel) and lake.exists(out_rel):
+        meta = lake.read_json(meta_rel)
+        if meta.get("sha256") == manifest.sha256:
+            return {**meta, "cached": True}
+    started = time.perf_counter()
+    loaded = load_model(registry, manifest, trusted_types)
+    cols = score_columns(spec)
+    id_col = spec.columns.id
+    schema = None
+    rows = 0
+    needed = [id_col] + ([] if manifest.flavor == "predictions" else list(spec.columns.features))
+    lookup = _prediction_lookup(loaded, spec, cols) if manifest.flavor == "predictions" else None
+    with lake.parquet_writer(out_rel, _schema(spec, cols, snapshot)) as writer:
+        for batch in eval_rows(lake, snapshot, spec, needed, batch_size=spec.model.batch_size):
+            frame = batch.to_pandas()
+            ids = frame[id_col].to_numpy()
+            if lookup is not None:
+                values = _lookup_scores(lookup, frame[id_col], manifest.ref, id_col)
+            else:
+                values = _predict_batch(loaded, frame[list(spec.columns.features)], spec)
+            _check_scores(values, ids, spec, manifest.ref)
+            data = {id_col: batch.column(id_col)}
+            if values.ndim == 1:
+                data[cols[0]] = pa.array(values, pa.float64())
+            else:
+                for j, c in enumerate(cols):
+                    data[c] = pa.array(values[:, j], pa.float64())
+            table = pa.table(data)
+            schema = schema or table.schema
+            writer.write_table(table.cast(writer.schema))
+            rows += len(frame)
+    if rows == 0:
+        lake.delete(out_rel)
+        raise ScoringError(f"task '{spec.task}': no evaluation rows in snapshot {snapshot.snapshot_id} "
+                           f"(window {spec.data.evaluation_start} .. {spec.data.evaluation_end})")
+    meta = {"model": manifest.name, "version": manifest.version, "sha256": manifest.sha256,
+            "flavor": manifest.flavor, "snapshot_id": snapshot.snapshot_id, "rows": rows,
+            "path": out_rel, "score_columns": cols}
+    lake.write_json(meta_rel, meta)
+    return {**meta, "cached": False, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _schema(spec: EvalSpec, cols: list[str], snapshot: Snapshot) -> pa.Schema:
+    id_type = snapshot.manifest["schema"][spec.columns.id]
+    id_pa = {"int64": pa.int64(), "string": pa.string(), "double": pa.float64()}.get(id_type, pa.string())
+    return pa.schema([pa.field(spec.columns.id, id_pa)] + [pa.field(c, pa.float64()) for c in cols])
+
+
+def _prediction_lookup(loaded: LoadedModel, spec: EvalSpec, cols: list[str]) -> pd.DataFrame:
+    m = loaded.manifest
+    frame = loaded.predictions
+    id_col = m.id_column or spec.columns.id
+    score_cols = m.score_columns or cols
+    missing = [c for c in [id_col, *score_cols] if c not in frame.columns]
+    if missing:
+        raise ScoringError(f"model {m.ref}: predictions file lacks column(s) {missing} (has {list(frame.columns)})")
+    dup = frame[id_col].duplicated()
+    if dup.any():
+        raise ScoringError(f"model {m.ref}: predictions file has {int(dup.sum())} duplicate id(s), e.g. "
+                           f"{id_col}={frame.loc[dup, id_col].iloc[0]!r}; expected one score per row")
+    out = frame.set_index(id_col)[score_cols]
+    out.columns = cols
+    return out
+
+
+def _lookup_scores(lookup: pd.DataFrame, ids: pd.Series, ref: str, id_col: str) -> np.ndarray:
+    idx = lookup.index.get_indexer(ids)
+    missing = idx < 0
+    if missing.any():
+        raise ScoringError(f"model {ref}: predictions do not cover the dataset: {int(missing.sum())} of {len(ids)} "
+                           f"row ids in this batch have no score, e.g. {id_col}={ids.iloc[int(np.flatnonzero(missing)[0])]!r}")
+    values = lookup.to_numpy(dtype="float64")[idx]
+    return values[:, 0] if values.shape[1] == 1 else values
+
