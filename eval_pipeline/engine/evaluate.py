@@ -1,0 +1,219 @@
+"""``evaluate``: stream batches through the accumulator, then compute exact metrics and paired bootstrap intervals.
+
+Intervals: percentile intervals of ``n_boot`` Poisson-bootstrap replicates at level ``confidence`` (see
+:mod:`.bootstrap`, :mod:`.binary`, :mod:`.multiclass`, :mod:`.regression` for what each replicate resamples).
+Deltas are ``candidate - baseline`` computed replicate by replicate on the *same* resample (joint cells of the
+two models), so their interval reflects the paired uncertainty. ``p_value`` of a delta is the two-sided bootstrap
+p-value of "delta = 0": ``min(1, 2 * min(1 + #{d* <= 0}, 1 + #{d* >= 0}) / (B + 1))``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from . import binary, multiclass, regression
+from .accumulate import Combiner, Spec, _as_batch_list
+from .bootstrap import percentile_ci
+from .config import SliceConfig
+from .errors import EngineInputError
+from .registry import BINARY, METRICS, MULTICLASS, REGRESSION, TASK_TYPES, metrics_for
+from .slices import build_slices, slice_columns, validate_config
+
+
+def _f(x):
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) or math.isinf(x) else x
+
+
+@dataclass
+class EvaluationResult:
+    task_type: str
+    n_rows: int
+    threshold: float | None
+    confidence: float
+    n_boot: int
+    seed: int
+    metrics: list
+    roles: list
+    baseline: str | None
+    candidate: str | None
+    slices: list  # list of dicts (JSON shape)
+    warnings: list
+    replicates: dict = field(default_factory=dict, repr=False)  # (slice, role|"delta", metric) -> array (B,)
+
+    def to_dict(self) -> dict:
+        return {
+            "task_type": self.task_type, "n_rows": self.n_rows, "threshold": self.threshold,
+            "confidence": self.confidence, "n_boot": self.n_boot, "seed": self.seed, "bootstrap": "poisson",
+            "metrics": list(self.metrics), "roles": list(self.roles), "baseline": self.baseline,
+            "candidate": self.candidate, "slices": self.slices, "warnings": list(self.warnings),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), allow_nan=False)
+
+    def slice_by_name(self, name: str) -> dict | None:
+        for s in self.slices:
+            if s["slice"] == name:
+                return s
+        return None
+
+    def slice_table(self, role: str | None = None) -> pd.DataFrame:
+        """One row per slice x metric for ``role`` (default: the candidate, else the first role), with the delta."""
+        role = role or self.candidate or self.roles[0]
+        rows = []
+        for s in self.slices:
+            for m in self.metrics:
+                mv = s["models"].get(role, {}).get(m, {})
+                dv = s["delta"].get(m, {})
+                ci = mv.get("ci") or [None, None]
+                dci = dv.get("ci") or [None, None]
+                rows.append({"slice": s["slice"], "n": s["n"], "n_positive": s["n_positive"], "status": s["status"],
+                             "metric": m, "value": mv.get("value"), "ci_low": ci[0], "ci_high": ci[1],
+                             "undefined": mv.get("undefined"), "delta": dv.get("value"),
+                             "delta_ci_low": dci[0], "delta_ci_high": dci[1]})
+        return pd.DataFrame(rows)
+
+
+def _validate(task_type, label, predictions, metrics, threshold, classes, top_k, ece_bins, n_boot, confidence,
+              baseline, candidate):
+    if task_type not in TASK_TYPES:
+        raise EngineInputError(f"task_type: expected one of {list(TASK_TYPES)}, got {task_type!r}")
+    valid = metrics_for(task_type)
+    if not metrics:
+        raise EngineInputError(f"metrics: expected a non-empty list; valid for {task_type}: {valid}")
+    for m in metrics:
+        if m not in valid:
+            raise EngineInputError(f"metric '{m}' is not available for {task_type}; valid metrics: {valid}")
+    if len(set(metrics)) != len(metrics):
+        raise EngineInputError(f"metrics: duplicate names in {list(metrics)}")
+    if not predictions:
+        raise EngineInputError("predictions: expected a mapping role -> column name(s)")
+    if task_type == MULTICLASS:
+        if not classes or len(classes) < 2:
+            raise EngineInputError("classes: multiclass evaluation needs the list of >= 2 classes")
+        for r, cols in predictions.items():
+            if isinstance(cols, str) or len(cols) != len(classes):
+                raise EngineInputError(
+                    f"predictions['{r}']: expected a list of {len(classes)} probability columns in classes order")
+        if top_k < 1:
+            raise EngineInputError(f"top_k: expected >= 1, got {top_k}")
+    else:
+        for r, c in predictions.items():
+            if not isinstance(c, str):
+                raise EngineInputError(f"predictions['{r}']: expected one column name, got {c!r}")
+    if task_type == BINARY and not (0.0 < float(threshold) <= 1.0):
+        raise EngineInputError(f"threshold: expected 0 < threshold <= 1, got {threshold}")
+    if ece_bins < 1:
+        raise EngineInputError(f"ece_bins: expected >= 1, got {ece_bins}")
+    if n_boot < 0:
+        raise EngineInputError(f"n_boot: expected >= 0, got {n_boot}")
+    if not (0.0 < confidence < 1.0):
+        raise EngineInputError(f"confidence: expected 0 < confidence < 1, got {confidence}")
+    for name, r in (("baseline", baseline), ("candidate", candidate)):
+        if r is not None and r not in predictions:
+            raise EngineInputError(f"{name}: role '{r}' is not in predictions (roles: {list(predictions)})")
+
+
+def make_combiner(*, task_type, label, predictions, slices: SliceConfig, threshold=0.5, classes=None, top_k=3):
+    validate_config(slices)
+    spec = Spec(task_type=task_type, label=label, roles=list(predictions), pred_columns=dict(predictions),
+                slice_columns=slice_columns(slices), bins={k: list(v) for k, v in dict(slices.bins).items()},
+                threshold=float(threshold), classes=list(classes) if classes is not None else None, top_k=int(top_k))
+    return Combiner(spec)
+
+
+def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = SliceConfig(), metrics,
+             threshold=0.5, classes=None, top_k=3, ece_bins=10, n_boot=1000, seed=0, confidence=0.95,
+             baseline="baseline", candidate="candidate") -> EvaluationResult:
+    """Evaluate one or more models (roles) on streamed batches; see the module docstring."""
+    metrics = list(metrics)
+    predictions = dict(predictions)
+    _validate(task_type, label, predictions, metrics, threshold, classes, top_k, ece_bins, n_boot, confidence,
+              baseline, candidate)
+    comb = make_combiner(task_type=task_type, label=label, predictions=predictions, slices=slices,
+                         threshold=threshold, classes=classes, top_k=top_k)
+    acc = comb.create_accumulator()
+    for b in _as_batch_list(batches):
+        comb.add_batch(acc, b)
+    return evaluate_accumulator(comb, acc, slices=slices, metrics=metrics, ece_bins=ece_bins, n_boot=n_boot,
+                                seed=seed, confidence=confidence, baseline=baseline, candidate=candidate)
+
+
+def evaluate_accumulator(comb: Combiner, acc, *, slices, metrics, ece_bins=10, n_boot=1000, seed=0,
+                         confidence=0.95, baseline="baseline", candidate="candidate") -> EvaluationResult:
+    """The ``extract`` step: metrics and intervals from a (merged) accumulator."""
+    spec = comb.spec
+    merged = comb.finish(acc)
+    sdefs, warnings = build_slices(merged, slices)
+    roles = spec.roles
+    paired = baseline is not None and candidate is not None and baseline != candidate
+    if paired:
+        families = [(baseline, candidate)] + [(r,) for r in roles if r not in (baseline, candidate)]
+    else:
+        families = [(r,) for r in roles]
+    role_family = {r: i for i, f in enumerate(families) for r in f}
+    kw = dict(metrics=metrics, n_boot=n_boot, seed=seed, families=families, role_family=role_family)
+    if spec.task_type == BINARY:
+        out = binary.compute(merged, sdefs, threshold=spec.threshold, ece_bins=ece_bins, **kw)
+    elif spec.task_type == MULTICLASS:
+        out = multiclass.compute(merged, sdefs, **kw)
+    else:
+        out = regression.compute(merged, sdefs, **kw)
+
+    B = n_boot
+    slices_out, replicates = [], {}
+    for j, sd in enumerate(sdefs):
+        n = int(out["n"][j])
+        status = "ok" if n >= slices.min_size else "too_small"
+        entry = {"slice": sd.name, "columns": dict(sd.columns), "n": n,
+                 "n_positive": int(out["n_positive"][j]) if out.get("n_positive") is not None else None,
+                 "status": status, "models": {}, "delta": {}}
+        if status == "ok":
+            for r in roles:
+                md = {}
+                for m in metrics:
+                    v = out["values"][r][m][j]
+                    reason = out["reasons"][r][m][j]
+                    ci = None
+                    rep = out["reps"].get(r, {}).get(m) if B else None
+                    if rep is not None and reason is None:
+                        rj = rep[:, j]
+                        replicates[(sd.name, r, m)] = rj
+                        lo, hi = percentile_ci(rj, confidence)
+                        ci = [_f(lo), _f(hi)] if _f(lo) is not None else None
+                    md[m] = {"value": _f(v) if reason is None else None, "ci": ci, "undefined": reason}
+                entry["models"][r] = md
+            if paired:
+                for m in metrics:
+                    rb, rc = out["reasons"][baseline][m][j], out["reasons"][candidate][m][j]
+                    if rb or rc:
+                        why = "; ".join(f"{k}: {w}" for k, w in (("baseline", rb), ("candidate", rc)) if w)
+                        entry["delta"][m] = {"value": None, "ci": None, "undefined": why, "p_value": None}
+                        continue
+                    d = out["values"][candidate][m][j] - out["values"][baseline][m][j]
+                    ci, p = None, None
+                    if B and m in out["reps"].get(candidate, {}):
+                        dr = out["reps"][candidate][m][:, j] - out["reps"][baseline][m][:, j]
+                        replicates[(sd.name, "delta", m)] = dr
+                        lo, hi = percentile_ci(dr, confidence)
+                        ci = [_f(lo), _f(hi)] if _f(lo) is not None else None
+                        ok = dr[~np.isnan(dr)]
+                        if ok.size:
+                            k = 1 + min(int(np.sum(ok <= 0)), int(np.sum(ok >= 0)))
+                            p = min(1.0, 2.0 * k / (ok.size + 1))
+                    entry["delta"][m] = {"value": _f(d), "ci": ci, "undefined": None, "p_value": p}
+        slices_out.append(entry)
+    return EvaluationResult(
+        task_type=spec.task_type, n_rows=int(merged.n_rows),
+        threshold=float(spec.threshold) if spec.task_type == BINARY else None, confidence=float(confidence),
+        n_boot=int(n_boot), seed=int(seed), metrics=list(metrics), roles=list(roles),
+        baseline=baseline if paired or baseline in roles else None,
+        candidate=candidate if paired or candidate in roles else None,
+        slices=slices_out, warnings=warnings, replicates=replicates)

@@ -1,0 +1,2 @@
+class GateReport: pass
+def apply_gates(*a, **k): raise NotImplementedError
