@@ -47,6 +47,14 @@ __all__ = ["QualityResult", "validate_dataset", "render_html", "DTYPE_FAMILIES"]
 
 DTYPE_FAMILIES = ("numeric", "integer", "string", "datetime", "boolean")
 _TASK_TYPES = ("binary", "multiclass", "regression")
+# the spec model spells task types out; both spellings are accepted
+_TASK_ALIASES = {
+    "binary_classification": "binary",
+    "multiclass_classification": "multiclass",
+    "regression": "regression",
+    "binary": "binary",
+    "multiclass": "multiclass",
+}
 _MAX_EXAMPLES = 5
 
 
@@ -300,9 +308,12 @@ def validate_dataset(
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
-    if task_type not in _TASK_TYPES:
-        raise ValueError(f"{source}: unknown task_type {task_type!r}; expected one of {_TASK_TYPES}")
+    if task_type not in _TASK_ALIASES:
+        raise ValueError(f"{source}: unknown task_type {task_type!r}; expected one of {sorted(_TASK_ALIASES)}")
+    task_type = _TASK_ALIASES[task_type]
     spec = dict(expectations or {})
+    if label_values is None and spec.get("label_values") is not None:
+        label_values = list(spec["label_values"])
     present = set(df.columns)
     checks: list[_Check] = []
     skipped: list[dict] = []
@@ -656,8 +667,8 @@ def validate_dataset(
     context = _gx_context()
     suffix = uuid.uuid4().hex[:8]
     ds = context.data_sources.add_pandas(f"eval_pipeline_{suffix}")
-    batch_def = ds.add_dataframe_asset(f"{source}_{suffix}").add_batch_definition_whole_dataframe("whole")
-    suite = gx.ExpectationSuite(name=f"{source}_quality_{suffix}")
+    batch_def = ds.add_dataframe_asset(f"dataset_{suffix}").add_batch_definition_whole_dataframe("whole")
+    suite = gx.ExpectationSuite(name=f"quality_{suffix}", meta={"source": source})
     gx_checks = [c for c in checks if c.expectation is not None]
     for c in gx_checks:
         c.expectation.meta = {"check_id": c.check_id}
@@ -704,7 +715,16 @@ def validate_dataset(
         results.append(entry)
 
     n_ok = sum(r["success"] for r in results)
-    statistics = {"evaluated": len(results), "successful": n_ok, "failed": len(results) - n_ok}
+    statistics = {
+        "evaluated": len(results),
+        "successful": n_ok,
+        "failed": len(results) - n_ok,
+        # the same counts under GX's key names
+        "evaluated_expectations": len(results),
+        "successful_expectations": n_ok,
+        "unsuccessful_expectations": len(results) - n_ok,
+        "success_percent": round(100.0 * n_ok / len(results), 4) if results else None,
+    }
     gx_dict = _jsonable(gx_run.to_json_dict())
     run_info.update(
         {

@@ -224,3 +224,19 @@ def test_one_million_rows_is_fast():
     elapsed = time.perf_counter() - t0
     assert r.success, r.failures()
     assert elapsed < 10, elapsed
+
+
+def test_spec_model_spellings(clean):
+    """The lead's EvalSpec spells task types out and carries label_values inside the expectations section."""
+    df = clean.copy()
+    df.loc[0, "delayed"] = 2
+    spec = {**SPEC, "label_values": [0, 1, 2]}
+    r = validate_dataset(df, **{**KW, "expectations": spec, "task_type": "multiclass_classification"})
+    assert by_check(r, "label_domain", "delayed")["success"] is True
+    r2 = validate_dataset(df, **{**KW, "task_type": "binary_classification"})
+    assert by_check(r2, "label_domain", "delayed")["success"] is False
+    s = r2.statistics
+    assert s["evaluated_expectations"] == s["evaluated"] and s["successful_expectations"] == s["successful"]
+    assert s["unsuccessful_expectations"] == s["failed"] == 1
+    with pytest.raises(ValueError, match="unknown task_type"):
+        validate_dataset(df, **{**KW, "task_type": "ranking"})
