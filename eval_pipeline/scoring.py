@@ -109,6 +109,11 @@ def _predict_batch(loaded: LoadedModel, features: pd.DataFrame, spec: EvalSpec) 
     return out
 
 
+def _show(value: Any) -> str:
+    """A row id as a user wrote it (7, 'abc'), not numpy's repr (np.int64(7))."""
+    return repr(value.item() if hasattr(value, "item") else value)
+
+
 def _check_scores(values: np.ndarray, ids: np.ndarray, spec: EvalSpec, ref: str) -> None:
     bad = ~np.isfinite(values)
     if values.ndim == 2:
@@ -116,7 +121,7 @@ def _check_scores(values: np.ndarray, ids: np.ndarray, spec: EvalSpec, ref: str)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ScoringError(f"model {ref}: {int(bad.sum())} non-finite score(s) (NaN or inf), e.g. for "
-                           f"{spec.columns.id}={ids[i]!r}")
+                           f"{spec.columns.id}={_show(ids[i])}")
     if spec.task_type != "regression":
         out = (values < 0) | (values > 1)
         if values.ndim == 2:
@@ -124,7 +129,7 @@ def _check_scores(values: np.ndarray, ids: np.ndarray, spec: EvalSpec, ref: str)
         if out.any():
             i = int(np.flatnonzero(out)[0])
             raise ScoringError(f"model {ref}: {int(out.sum())} score(s) outside [0, 1], e.g. for "
-                               f"{spec.columns.id}={ids[i]!r}; expected probabilities")
+                               f"{spec.columns.id}={_show(ids[i])}; expected probabilities")
 
 
 def predictions_path(spec: EvalSpec, snapshot: Snapshot, manifest: ModelManifest) -> str:
@@ -197,7 +202,7 @@ def _prediction_lookup(loaded: LoadedModel, spec: EvalSpec, cols: list[str]) -> 
     dup = frame[id_col].duplicated()
     if dup.any():
         raise ScoringError(f"model {m.ref}: predictions file has {int(dup.sum())} duplicate id(s), e.g. "
-                           f"{id_col}={frame.loc[dup, id_col].iloc[0]!r}; expected one score per row")
+                           f"{id_col}={_show(frame.loc[dup, id_col].iloc[0])}; expected one score per row")
     out = frame.set_index(id_col)[score_cols]
     out.columns = cols
     return out
@@ -208,7 +213,7 @@ def _lookup_scores(lookup: pd.DataFrame, ids: pd.Series, ref: str, id_col: str) 
     missing = idx < 0
     if missing.any():
         raise ScoringError(f"model {ref}: predictions do not cover the dataset: {int(missing.sum())} of {len(ids)} "
-                           f"row ids in this batch have no score, e.g. {id_col}={ids.iloc[int(np.flatnonzero(missing)[0])]!r}")
+                           f"row ids in this batch have no score, e.g. {id_col}={_show(ids.iloc[int(np.flatnonzero(missing)[0])])}")
     values = lookup.to_numpy(dtype="float64")[idx]
     return values[:, 0] if values.shape[1] == 1 else values
 

@@ -1,0 +1,61 @@
+"""A small synthetic binary task used by unit tests of snapshots and scoring (real sklearn models, real files)."""
+
+import io
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from eval_pipeline.spec import parse_spec
+
+TOY_SPEC = {
+    "task": "toy",
+    "task_type": "binary_classification",
+    "data": {"source": "incoming/toy"},
+    "columns": {"id": "id", "label": "y", "timestamp": "ts", "features": ["a", "b"], "categorical": ["b"]},
+    "model": {"name": "toy_model", "batch_size": 700},
+    "slices": {"columns": ["b"], "min_size": 50},
+    "metrics": ["roc_auc", "accuracy"],
+    "gates": [{"metric": "roc_auc", "kind": "non_inferiority", "margin": 0.05}],
+    "evaluation": {"bootstrap_replicates": 50},
+    "drift": {"reference": {"end": "2024-01-15"}, "current": {"last_days": 10}},
+}
+
+
+def toy_spec(**overrides):
+    data = {**TOY_SPEC, **overrides}
+    return parse_spec(data, "toy spec")
+
+
+def toy_frame(n=2000, seed=0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=n)
+    b = rng.choice(["x", "y", "z"], size=n)
+    logit = 1.5 * a + (b == "x") * 0.8
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64")
+    ts = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(np.arange(n) * 30, unit="min")
+    return pd.DataFrame({"id": np.arange(n, dtype="int64"), "ts": ts, "a": a, "b": b, "y": y})
+
+
+def land(lake, frame, parts=2, source="incoming/toy"):
+    for i, idx in enumerate(np.array_split(np.arange(len(frame)), parts)):
+        lake.write_parquet(f"{source}/part-{i}.parquet", frame.iloc[idx].reset_index(drop=True))
+
+
+def fit_model(frame, c=1.0):
+    pre = ColumnTransformer([("num", StandardScaler(), ["a"]), ("cat", OneHotEncoder(handle_unknown="ignore"), ["b"])])
+    return make_pipeline(pre, LogisticRegression(C=c)).fit(frame[["a", "b"]], frame["y"])
+
+
+def joblib_bytes(model) -> bytes:
+    buf = io.BytesIO()
+    joblib.dump(model, buf)
+    return buf.getvalue()
+
+
+def register_joblib(registry, version, model, name="toy_model"):
+    return registry.register(name, version, joblib_bytes(model), flavor="sklearn-joblib", artifact_name="model.joblib")
