@@ -23,6 +23,12 @@ class _ProgressHandler(logging.Handler):
     """Echo our assets' log lines (context.log.info) as one-line progress, hiding Dagster's event chatter."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._emit(record)
+        except Exception:  # noqa: BLE001 - progress output must never fail a step
+            pass
+
+    def _emit(self, record: logging.LogRecord) -> None:
         meta = getattr(record, "dagster_meta", None) or {}
         msg = meta.get("orig_message") or record.getMessage()
         step = meta.get("step_key") or ""
@@ -32,15 +38,37 @@ class _ProgressHandler(logging.Handler):
             if kind in ("STEP_START", "STEP_FAILURE", "STEP_SKIPPED", "ASSET_CHECK_EVALUATION"):
                 detail = ""
                 if kind == "ASSET_CHECK_EVALUATION":
-                    ev = event.event_specific_data.evaluation
+                    ev = event.event_specific_data
                     detail = f" {ev.check_name}: {'passed' if ev.passed else 'FAILED'}"
                 elif kind == "STEP_FAILURE":
                     err = event.event_specific_data.error
-                    detail = f": {err.message.strip().splitlines()[-1] if err else ''}"
+                    detail = f": {_root_cause(err)}" if err else ""
                 _say(f"{kind.lower().replace('_', ' ')} {step}{detail}")
             return
         if record.levelno >= logging.INFO and msg:
             _say(f"  {step}: {msg}" if step else f"  {msg}")
+
+
+def _progress_logger():
+    import dagster as dg
+
+    @dg.logger(description="one-line progress on stderr for the eval-pipeline CLI")
+    def progress(_init_context) -> logging.Logger:
+        lg = logging.getLogger("eval_pipeline.cli.progress")
+        lg.setLevel(logging.DEBUG)
+        lg.propagate = False
+        if not lg.handlers:
+            lg.addHandler(_ProgressHandler())
+        return lg
+
+    return progress
+
+
+def _root_cause(error) -> str:
+    """Dagster wraps the asset's exception; the user needs the innermost message (it names file/column/model)."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip().splitlines()[-1] if error.message else error.cls_name
 
 
 def _instance(dagster_home: str | None):
@@ -95,34 +123,28 @@ def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagste
                  "settings": SettingsResource(trusted_types=os.environ.get("EVAL_TRUSTED_TYPES", ""),
                                               promote_on_pass=os.environ.get("EVAL_PROMOTE_ON_PASS", "") in
                                               ("1", "true", "yes"))}
-    defs = build_definitions([spec], resources=resources)
+    defs = build_definitions([spec], resources=resources, loggers={"progress": _progress_logger()})
     instance = _instance(dagster_home)
     instance.add_dynamic_partitions(f"{spec.task}__versions", [version])
 
-    handler = _ProgressHandler()
-    dagster_logger = logging.getLogger("dagster")
-    dagster_logger.addHandler(handler)
-    run_config = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    run_config = {"loggers": {"progress": {}}}
     started = time.perf_counter()
-    try:
-        for job_name, partition in ((f"{spec.task}__refresh", None), (f"{spec.task}__evaluate", version)):
-            _say(f"running {job_name}" + (f" [partition {partition}]" if partition else ""))
-            job = defs.resolve_job_def(job_name)
-            result = job.execute_in_process(instance=instance, partition_key=partition, raise_on_error=False,
-                                            run_config=run_config)
-            if not result.success:
-                failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
-                if job_name.endswith("__refresh") and failed_checks:
-                    _say("data quality FAILED: the evaluation is blocked (see messages above)")
-                    return EXIT_ERROR, None
-                if job_name.endswith("__evaluate") and any(e.check_name == "gates_pass" for e in failed_checks):
-                    break  # a FAIL verdict blocked the report; the result JSON exists
-                errors = [e.event_specific_data.error.message.strip() for e in result.all_events
-                          if e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error]
-                _say("run failed: " + (errors[0].splitlines()[-1] if errors else "see Dagster logs"))
+    for job_name, partition in ((f"{spec.task}__refresh", None), (f"{spec.task}__evaluate", version)):
+        _say(f"running {job_name}" + (f" [partition {partition}]" if partition else ""))
+        job = defs.resolve_job_def(job_name)
+        result = job.execute_in_process(instance=instance, partition_key=partition, raise_on_error=False,
+                                        run_config=run_config)
+        if not result.success:
+            failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+            if job_name.endswith("__refresh") and failed_checks:
+                _say("data quality FAILED: the evaluation is blocked (see messages above)")
                 return EXIT_ERROR, None
-    finally:
-        dagster_logger.removeHandler(handler)
+            if job_name.endswith("__evaluate") and any(e.check_name == "gates_pass" for e in failed_checks):
+                break  # a FAIL verdict blocked the report; the result JSON exists
+            errors = [_root_cause(e.event_specific_data.error) for e in result.all_events
+                      if e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error]
+            _say("run failed: " + (errors[0] if errors else "see Dagster logs"))
+            return EXIT_ERROR, None
     ctx = pipeline.TaskContext(lake, spec)
     pinned = lake.read_json(f"evaluations/{spec.task}/{spec.model.name}/{version}/pinned_snapshot.json")
     snap = load_snapshot(lake, spec.task, pinned["snapshot_id"])

@@ -23,7 +23,10 @@ def spec_paths() -> list[Path]:
     entries = [Path(p) for p in raw.split(os.pathsep) if p.strip()] or [PACKAGED_SPECS]
     paths: list[Path] = []
     for entry in entries:
-        paths += sorted(entry.glob("*.y*ml")) if entry.is_dir() else [entry]
+        if entry.is_dir():
+            paths += sorted(entry.glob("*.y*ml"))
+        elif entry != PACKAGED_SPECS:
+            paths.append(entry)
     return paths
 
 
@@ -52,7 +55,8 @@ def task_jobs(spec: EvalSpec) -> list:
     return [refresh, evaluate]
 
 
-def build_definitions(specs: list[EvalSpec] | None = None, resources: dict | None = None) -> dg.Definitions:
+def build_definitions(specs: list[EvalSpec] | None = None, resources: dict | None = None,
+                      loggers: dict | None = None) -> dg.Definitions:
     specs = load_specs() if specs is None else specs
     assets, checks, jobs, sensors, schedules = [], [], [], [], []
     for spec in specs:
@@ -64,7 +68,13 @@ def build_definitions(specs: list[EvalSpec] | None = None, resources: dict | Non
         sensors += auto["sensors"]
         schedules += auto["schedules"]
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors, schedules=schedules,
-                          resources=resources or resources_from_env())
+                          resources=resources or resources_from_env(), loggers=loggers)
 
 
-defs = build_definitions()
+def __getattr__(name: str):
+    # `defs` is built on first access (Dagster's loader, `dagster dev`), not when the CLI imports build_definitions.
+    if name == "defs":
+        global defs
+        defs = build_definitions()
+        return defs
+    raise AttributeError(name)

@@ -175,7 +175,7 @@ def _engine_batches(ctx: TaskContext, snap: Snapshot, roles: dict[str, ModelMani
         ids = batch.column(spec.columns.id)
         for role, table in preds.items():
             part = table.slice(offset, n)
-            if part.num_rows != n or not part.column(spec.columns.id).equals(ids):
+            if part.num_rows != n or not part.column(spec.columns.id).combine_chunks().equals(ids):
                 raise EvaluationError(f"predictions of {roles[role].ref} are out of step with snapshot "
                                       f"{snap.snapshot_id} at row {offset}; re-score the model")
             for c in cols:

@@ -177,6 +177,11 @@ def load_snapshot(lake: Lake, task: str, snapshot_id: str | None = None) -> Snap
     return Snapshot(task, snapshot_id, manifest)
 
 
+def _utc(value) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 def _window_mask(batch: pa.RecordBatch, column: str | None, start, end) -> pa.Array | None:
     if column is None or (start is None and end is None):
         return None
@@ -185,7 +190,7 @@ def _window_mask(batch: pa.RecordBatch, column: str | None, start, end) -> pa.Ar
     for bound, op in ((start, pc.greater_equal), (end, pc.less)):
         if bound is None:
             continue
-        scalar = pa.scalar(pd.Timestamp(bound, tz="UTC").to_pydatetime(), type=ts.type)
+        scalar = pa.scalar(_utc(bound).to_pydatetime(), type=ts.type)
         m = op(ts, scalar)
         mask = m if mask is None else pc.and_(mask, m)
     return mask
