@@ -28,6 +28,7 @@ from .errors import EngineInputError
 from .registry import BINARY, MULTICLASS, REGRESSION
 
 NULL = None  # the value of a null slice cell
+MAX_PIECE = 1 << 20
 
 
 def _fmt_num(x: float) -> str:
@@ -139,6 +140,9 @@ class Spec:
     threshold: float
     classes: list | None
     top_k: int
+    families: list = field(default_factory=list)  # tuples of roles sharing bootstrap cells (paired models)
+    grid: np.ndarray | None = None  # binary: score-bin edges of the bootstrap cells
+    ece_bins: int = 10
 
 
 @dataclass
@@ -146,7 +150,9 @@ class Accumulator:
     n_rows: int = 0
     values: list = field(default_factory=list)  # per slice column: dict value -> gid (binned: fixed domain)
     atoms: dict = field(default_factory=dict)  # tuple of gids -> atom id
-    chunks: list = field(default_factory=list)  # list of dicts of arrays
+    chunks: list = field(default_factory=list)  # multiclass/regression: list of dicts of per-row arrays
+    runs: dict = field(default_factory=dict)  # binary: role -> atom id -> list of sorted (score, label) keys
+    cells: dict = field(default_factory=dict)  # binary: family index -> list of (keys, counts, int sums)
 
 
 class Combiner:
@@ -168,12 +174,22 @@ class Combiner:
         n = _n_rows(batch)
         if n == 0:
             return acc
+        if n > MAX_PIECE:  # bounded pieces: cache-friendly, and keeps the integer sums below 2**53 per piece
+            for start in range(0, n, MAX_PIECE):
+                piece = batch.iloc[start:start + MAX_PIECE] if isinstance(batch, pd.DataFrame) else batch.slice(start, MAX_PIECE)
+                self.add_batch(acc, piece)
+            return acc
         off = acc.n_rows
         chunk = {"label": self._label(batch, off)}
         for role in spec.roles:
             chunk.update(self._prediction(batch, role, chunk["label"], off))
         chunk["atom"] = self._atoms(acc, batch)
-        acc.chunks.append(chunk)
+        if spec.task_type == BINARY:
+            from .binary_cells import add_binary
+
+            add_binary(spec, acc, chunk)
+        else:
+            acc.chunks.append(chunk)
         acc.n_rows += n
         return acc
 
@@ -296,6 +312,10 @@ class Combiner:
                 ch = dict(ch)
                 ch["atom"] = lut[ch["atom"]]
                 out.chunks.append(ch)
+            if self.spec.task_type == BINARY:
+                from .binary_cells import merge_binary
+
+                merge_binary(self.spec, out, a, lut)
             out.n_rows += a.n_rows
         return out
 
@@ -318,7 +338,10 @@ class Merged:
     atom_labels: list  # canonical atom index -> tuple of labels per slice column
     atom: np.ndarray  # per row canonical atom index (rows in canonical order)
     label: np.ndarray
-    preds: dict  # role -> array(s) (binary/regression: 'score'; multiclass: ('pred', 'hit'))
+    preds: dict  # role -> array(s) (regression: 'score'; multiclass: ('pred', 'hit')); binary: {}
+    runs: dict = field(default_factory=dict)  # binary: role -> canonical atom -> list of sorted keys
+    cells: dict = field(default_factory=dict)  # binary: family index -> (keys, counts, int sums)
+    atom_n: np.ndarray | None = None  # rows per canonical atom
 
     @staticmethod
     def build(spec: Spec, acc: Accumulator) -> "Merged":
@@ -369,8 +392,15 @@ class Merged:
             label = label.astype(np.int16) if label.size else np.zeros(0, np.int16)
             for r in spec.roles:
                 preds[r] = (cat(f"pred:{r}", np.int16).astype(np.int16), cat(f"hit:{r}", bool).astype(bool))
-        else:
+        elif spec.task_type == REGRESSION:
             for r in spec.roles:
                 preds[r] = cat(f"score:{r}")
         acc.chunks = []  # the store now lives here only
-        return Merged(spec, acc.n_rows, atom_values, atom_labels, atom, label, preds)
+        merged = Merged(spec, acc.n_rows, atom_values, atom_labels, atom, label, preds)
+        if spec.task_type == BINARY:
+            from .binary_cells import finish_binary
+
+            finish_binary(spec, acc, merged, lut)
+        else:
+            merged.atom_n = np.bincount(atom, minlength=len(atom_values)) if len(atom_values) else np.zeros(0, np.int64)
+        return merged

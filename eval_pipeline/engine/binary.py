@@ -130,140 +130,176 @@ def hist_metrics(pos, neg, tb, ll, br, ysum_e, ssum_e) -> dict:
     return out
 
 
+def _slice_keys(merged, role, atoms):
+    runs = merged.runs.get(role, {})
+    parts = [x for aid in atoms for x in runs.get(int(aid), [])]
+    if not parts:
+        return np.zeros(0, np.int64)
+    return np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0]
+
+
+def _atom_stats(s, y, threshold, ece_edges):
+    """Additive exact statistics of one atom (rows sorted by (score, label)), summed in that canonical order."""
+    n = s.size
+    P = int(np.count_nonzero(y))
+    idx = int(np.searchsorted(s, threshold, side="left"))
+    fn = int(np.count_nonzero(y[:idx]))
+    p1 = np.where(y == 1, s, 1 - s)
+    ll = -np.log(np.clip(p1, EPS, 1 - EPS))
+    br = (s - y) ** 2
+    bounds = np.searchsorted(s, ece_edges[1:-1], side="left")
+    starts = np.concatenate([[0], bounds])
+    nonempty = starts < n
+    ysum = np.zeros(ece_edges.size - 1)
+    ssum = np.zeros(ece_edges.size - 1)
+    if n:
+        st = starts[nonempty]
+        seg_len = np.diff(np.append(st, n))
+        ok = seg_len > 0
+        ysum[np.flatnonzero(nonempty)[ok]] = np.add.reduceat(y.astype(np.float64), st)[ok]
+        ssum[np.flatnonzero(nonempty)[ok]] = np.add.reduceat(s, st)[ok]
+    return {"n": n, "P": P, "tp": P - fn, "fp": (n - idx) - (P - fn), "ll": float(np.sum(ll)),
+            "br": float(np.sum(br)), "ysum": ysum, "ssum": ssum}
+
+
+def _rank_metrics(s, y):
+    """Exact ROC AUC (integer Mann-Whitney U) and average precision of rows sorted by (score, label)."""
+    n = s.size
+    pos_idx = np.flatnonzero(y)
+    P = int(pos_idx.size)
+    N = n - P
+    auc = ap = np.nan
+    if n and P and not np.any(s[1:] == s[:-1]):
+        # no tied scores: U = sum of positive positions - P (P - 1) / 2; AP from each positive's own threshold
+        if N:
+            u = int(pos_idx.sum(dtype=np.int64)) - P * (P - 1) // 2
+            auc = u / (P * N)
+        ap = float(np.sum((P - np.arange(P)) / (n - pos_idx))) / P
+        return auc, ap
+    cumy = np.cumsum(y, dtype=np.int64)
+    if n and P:
+        ends = np.append(np.flatnonzero(s[1:] != s[:-1]), n - 1)
+        cp = cumy[ends]
+        cn = ends + 1 - cp
+        pos_g = np.diff(cp, prepend=0)
+        neg_g = np.diff(cn, prepend=0)
+        if N:
+            auc = int(np.sum(pos_g * (2 * (cn - neg_g) + neg_g))) / (2 * P * N)
+        has = pos_g > 0
+        tp_ge = P - (cp - pos_g)
+        tot_ge = n - (ends + 1 - (pos_g + neg_g))
+        ap = float(np.sum(pos_g[has] * (tp_ge[has] / tot_ge[has]))) / P
+    return auc, ap
+
+
 def compute(merged, slices, *, metrics, threshold, ece_bins, n_boot, seed, families, role_family):
     spec = merged.spec
     S = len(slices)
     n_atoms = len(merged.atom_values)
     atom_in = np.stack([sl.atom_mask for sl in slices], axis=1) if n_atoms else np.zeros((0, S), bool)  # (A, S)
-    y_all = merged.label
-    a_all = merged.atom
     ece_edges = np.linspace(0.0, 1.0, ece_bins + 1)
-
+    n_s = np.array([int(merged.atom_n[atom_in[:, j]].sum()) for j in range(S)], dtype=np.int64)
+    want_rank = any(m in metrics for m in ("roc_auc", "average_precision"))
     values, reasons, counts_info = {}, {}, {}
-    sorted_cache = {}
-    n_s = np.array([int(np.bincount(a_all, minlength=n_atoms)[atom_in[:, j]].sum()) if n_atoms else 0
-                    for j in range(S)], dtype=np.int64)
     for role in spec.roles:
-        s_raw = merged.preds[role]
-        key = (s_raw.view(np.int64) << 1) | y_all.astype(np.int64)
-        order = np.argsort(key)
-        del key
-        s, y, a = s_raw[order], y_all[order], a_all[order]
-        ll, br = row_losses(s, y)
-        eceb = np.clip(np.searchsorted(ece_edges, s, side="right") - 1, 0, ece_bins - 1)
         vals = {m: np.full(S, np.nan) for m in metrics}
         why = {m: [None] * S for m in metrics}
         npos = np.zeros(S, dtype=np.int64)
+        atom_keys = {aid: _slice_keys(merged, role, [aid]) for aid in range(n_atoms)}
+        stats = {aid: _atom_stats((k >> 1).view(np.float64), (k & 1).astype(np.int8), threshold, ece_edges)
+                 for aid, k in atom_keys.items()}
         for j in range(S):
-            if j == 0 and atom_in[:, 0].all():
-                sel = slice(None)
+            atoms = np.flatnonzero(atom_in[:, j])
+            st = [stats[int(a)] for a in atoms]
+            n = sum(x["n"] for x in st)
+            P = sum(x["P"] for x in st)
+            tp = sum(x["tp"] for x in st)
+            fp = sum(x["fp"] for x in st)
+            v = {k: float(x) for k, x in count_metrics(*(np.array(c, dtype=np.float64)
+                                                          for c in (tp, fp, n - P - fp, P - tp))).items()}
+            if n:
+                v["log_loss"] = sum(x["ll"] for x in st) / n
+                v["brier"] = sum(x["br"] for x in st) / n
+                ysum = np.sum([x["ysum"] for x in st], axis=0)
+                ssum = np.sum([x["ssum"] for x in st], axis=0)
+                v["ece"] = float(np.sum(np.abs(ysum - ssum))) / n
             else:
-                sel = atom_in[a, j]
-            v, c = exact_slice(s[sel], y[sel], ll[sel], br[sel], eceb[sel], ece_bins, threshold)
-            npos[j] = c["P"]
+                v["log_loss"] = v["brier"] = v["ece"] = np.nan
+            v["roc_auc"] = v["average_precision"] = np.nan
+            if want_rank and n:
+                if atoms.size == 1:
+                    key = atom_keys[int(atoms[0])]
+                else:
+                    key = np.sort(np.concatenate([atom_keys[int(a)] for a in atoms]))
+                v["roc_auc"], v["average_precision"] = _rank_metrics((key >> 1).view(np.float64),
+                                                                     (key & 1).astype(np.int8))
+                del key
+            npos[j] = P
             for m in metrics:
                 vals[m][j] = v[m]
-                why[m][j] = undefined_reason(m, c["n"], c["P"], c["tp"], c["fp"]) if np.isnan(v[m]) else None
+                why[m][j] = undefined_reason(m, n, P, tp, fp) if np.isnan(v[m]) else None
+        del atom_keys
         values[role], reasons[role] = vals, why
         counts_info[role] = npos
-        # grid edges for the bootstrap cells: quantiles of the model's scores + fixed edges
-        if s.size:
-            q = s[(np.arange(1, N_QUANTILE_BINS) * s.size) // N_QUANTILE_BINS]
-        else:
-            q = np.zeros(0)
-        edges = np.unique(np.concatenate([[0.0, 1.0, threshold], ece_edges, q]))
-        sorted_cache[role] = (order, edges, ll, br, s)
-
     reps = {}
     if n_boot > 0 and merged.n_rows > 0:
         for fam_idx, fam in enumerate(families):
-            reps.update(_bootstrap_family(fam_idx, fam, merged, atom_in, sorted_cache, values, metrics,
-                                          threshold, ece_edges, n_boot, seed))
+            reps.update(_bootstrap_family(fam_idx, fam, merged, atom_in, values, metrics, threshold, ece_edges,
+                                          n_boot, seed))
     return {"n": n_s, "n_positive": counts_info[spec.roles[0]] if spec.roles else None,
             "values": values, "reasons": reasons, "reps": reps}
 
 
-def _bootstrap_family(fam_idx, fam, merged, atom_in, cache, values, metrics, threshold, ece_edges, n_boot, seed):
-    y = merged.label.astype(np.int64)
+def _bootstrap_family(fam_idx, fam, merged, atom_in, values, metrics, threshold, ece_edges, n_boot, seed):
+    from .binary_cells import Q_BR, Q_LL, Q_S
+
     A, S = atom_in.shape
     E = ece_edges.size - 1
-    key = merged.atom.astype(np.int64) * 2 + y
-    dims = [A, 2]
-    bins = {}
-    for role in fam:
-        order, edges, *_ = cache[role]
-        G = edges.size - 1
-        b = np.clip(np.searchsorted(edges, merged.preds[role], side="right") - 1, 0, G - 1)
-        key = key * G + b
-        dims.append(G)
-        bins[role] = (edges, G)
-    space = int(np.prod(dims))
-    if space <= (1 << 25):
-        cnt = np.bincount(key, minlength=space)
-        cells = np.flatnonzero(cnt)
-        lut = np.full(space, -1, dtype=np.int64)
-        lut[cells] = np.arange(cells.size)
-        inv = lut[key]
-        counts = cnt[cells]
-    else:
-        cells, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
-        inv = inv.ravel()
-    del key
+    edges = merged.spec.grid
+    G = edges.size - 1
+    cells, counts, sums = merged.cells[fam_idx]
     C = cells.size
-    # decode cells -> (atom, label, bins...)
+    if C == 0:
+        return {}
     rest = cells.copy()
     cell_bins = {}
     for role in reversed(fam):
-        G = bins[role][1]
         rest, cell_bins[role] = np.divmod(rest, G)
     cell_atom, cell_y = np.divmod(rest, 2)
-
-    # sparse map: cell -> per slice columns; per role: hist (S,2,G) | ll (S) | br (S) | ssum (S,E)
-    slices_of_cell = atom_in[cell_atom]  # (C, S)
-    ci, si = np.nonzero(slices_of_cell)
-    rows, cols, data = [], [], []
-    layout = {}
-    off = 0
-    for role in fam:
-        order, edges, ll, br, s_sorted = cache[role]
-        G = bins[role][1]
-        inv_sorted = inv[order]  # canonical (score, label) order -> deterministic sums
-        cnt_f = counts.astype(np.float64)
-        ll_mean = np.bincount(inv_sorted, weights=ll, minlength=C) / cnt_f
-        br_mean = np.bincount(inv_sorted, weights=br, minlength=C) / cnt_f
-        s_mean = np.bincount(inv_sorted, weights=s_sorted, minlength=C) / cnt_f
+    ci, si = np.nonzero(atom_in[cell_atom])  # (cell, slice) memberships
+    cnt_f = counts.astype(np.float64)
+    eb_of_bin = np.clip(np.searchsorted(ece_edges, edges[:-1], side="right") - 1, 0, E - 1)
+    rows, cols, data, layout, off = [], [], [], {}, 0
+    for k, role in enumerate(fam):
+        ll_mean = sums[3 * k] / Q_LL / cnt_f
+        br_mean = sums[3 * k + 1] / Q_BR / cnt_f
+        s_mean = sums[3 * k + 2] / Q_S / cnt_f
         b = cell_bins[role]
-        eb = np.clip(np.searchsorted(ece_edges, edges[b], side="right") - 1, 0, E - 1)
         h0 = off
         ll0 = h0 + S * 2 * G
         br0 = ll0 + S
         ss0 = br0 + S
-        layout[role] = (h0, ll0, br0, ss0, G)
+        layout[role] = (h0, ll0, br0, ss0)
         off = ss0 + S * E
         rows += [ci, ci, ci, ci]
-        cols += [h0 + (si * 2 + cell_y[ci]) * G + b[ci], ll0 + si, br0 + si, ss0 + si * E + eb[ci]]
+        cols += [h0 + (si * 2 + cell_y[ci]) * G + b[ci], ll0 + si, br0 + si, ss0 + si * E + eb_of_bin[b[ci]]]
         data += [np.ones(ci.size), ll_mean[ci], br_mean[ci], s_mean[ci]]
-    M = sp.csr_matrix((np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))), shape=(C, off))
-    MT = M.T.tocsr()
-    tb = {role: int(np.searchsorted(bins[role][0], threshold, side="left")) for role in fam}
+    MT = sp.csr_matrix((np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))), shape=(C, off)).T.tocsr()
+    tb = int(np.searchsorted(edges, threshold, side="left"))
+    agg = np.zeros((G, E))
+    agg[np.arange(G), eb_of_bin] = 1.0
 
     def metrics_from(H):  # H: (K, b)
         out = {}
         for role in fam:
-            h0, ll0, br0, ss0, G = layout[role]
+            h0, ll0, br0, ss0 = layout[role]
             h = H[h0:ll0].reshape(S, 2, G, -1)
             neg, pos = np.moveaxis(h[:, 0], 1, -1), np.moveaxis(h[:, 1], 1, -1)  # (S, b, G)
-            # ECE label sums per ece bin from the histogram
-            edges = bins[role][0]
-            eb_of_bin = np.clip(np.searchsorted(ece_edges, edges[:-1], side="right") - 1, 0, E - 1)
-            agg = np.zeros((G, E))
-            agg[np.arange(G), eb_of_bin] = 1.0
-            ysum_e = pos @ agg
             ssum_e = np.moveaxis(H[ss0:ss0 + S * E].reshape(S, E, -1), 1, -1)
-            out[role] = hist_metrics(pos, neg, tb[role], H[ll0:ll0 + S], H[br0:br0 + S], ysum_e, ssum_e)
+            out[role] = hist_metrics(pos, neg, tb, H[ll0:ll0 + S], H[br0:br0 + S], pos @ agg, ssum_e)
         return out  # role -> metric -> (S, b)
 
-    point = metrics_from(MT @ counts.astype(np.float64)[:, None])
+    point = metrics_from(MT @ cnt_f[:, None])
 
     def block(i, size):
         W = bs.poisson_cells(bs.block_rng(seed, fam_idx, i), counts, size)

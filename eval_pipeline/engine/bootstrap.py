@@ -32,10 +32,27 @@ def run_blocks(n_boot: int, fn, *, threads: int | None = None):
         return list(ex.map(lambda a: fn(*a), enumerate(sizes)))
 
 
+LARGE = 100
+
+
 def poisson_cells(rng: np.random.Generator, counts: np.ndarray, size: int) -> np.ndarray:
-    """(n_cells, size) float64 matrix of Poisson(count) draws (exact Poisson variates)."""
-    lam = counts.astype(np.float64)[:, None]
-    return rng.poisson(lam, size=(counts.size, size)).astype(np.float64)
+    """(n_cells, size) float64 matrix of Poisson(count) cell weights.
+
+    Cells with count < ``LARGE`` (100) get exact Poisson variates. Larger cells get the skewness-corrected normal
+    (Cornish-Fisher) approximation ``n + sqrt(n) z + (z^2 - 1) / 6``, which matches the Poisson mean, variance and
+    skewness; its distribution error is O(1/n) (< 1 % of a standard deviation at n = 100, far less for the large
+    cells that dominate a big slice). This halves the sampling cost; the weights are not rounded to integers.
+    """
+    lam = counts.astype(np.float64)
+    big = lam >= LARGE
+    W = np.empty((counts.size, size))
+    if (~big).any():
+        W[~big] = rng.poisson(lam[~big][:, None], size=(int((~big).sum()), size))
+    if big.any():
+        lb = lam[big][:, None]
+        z = rng.standard_normal((int(big.sum()), size))
+        W[big] = lb + np.sqrt(lb) * z + (z * z - 1.0) / 6.0
+    return W
 
 
 def percentile_ci(reps: np.ndarray, confidence: float):

@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import binary, multiclass, regression
 from .accumulate import Combiner, Spec, _as_batch_list
+from .binary_cells import score_grid
 from .bootstrap import percentile_ci
 from .config import SliceConfig
 from .errors import EngineInputError
@@ -121,11 +122,22 @@ def _validate(task_type, label, predictions, metrics, threshold, classes, top_k,
             raise EngineInputError(f"{name}: role '{r}' is not in predictions (roles: {list(predictions)})")
 
 
-def make_combiner(*, task_type, label, predictions, slices: SliceConfig, threshold=0.5, classes=None, top_k=3):
+def _families(roles, baseline, candidate):
+    if baseline is not None and candidate is not None and baseline != candidate:
+        return [(baseline, candidate)] + [(r,) for r in roles if r not in (baseline, candidate)]
+    return [(r,) for r in roles]
+
+
+def make_combiner(*, task_type, label, predictions, slices: SliceConfig, threshold=0.5, classes=None, top_k=3,
+                  ece_bins=10, baseline="baseline", candidate="candidate") -> Combiner:
+    """The streaming combiner (create_accumulator / add_batch / merge_accumulators) for one evaluation."""
     validate_config(slices)
-    spec = Spec(task_type=task_type, label=label, roles=list(predictions), pred_columns=dict(predictions),
+    roles = list(predictions)
+    spec = Spec(task_type=task_type, label=label, roles=roles, pred_columns=dict(predictions),
                 slice_columns=slice_columns(slices), bins={k: list(v) for k, v in dict(slices.bins).items()},
-                threshold=float(threshold), classes=list(classes) if classes is not None else None, top_k=int(top_k))
+                threshold=float(threshold), classes=list(classes) if classes is not None else None, top_k=int(top_k),
+                families=_families(roles, baseline, candidate), grid=score_grid(float(threshold), int(ece_bins)),
+                ece_bins=int(ece_bins))
     return Combiner(spec)
 
 
@@ -138,7 +150,8 @@ def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = Sl
     _validate(task_type, label, predictions, metrics, threshold, classes, top_k, ece_bins, n_boot, confidence,
               baseline, candidate)
     comb = make_combiner(task_type=task_type, label=label, predictions=predictions, slices=slices,
-                         threshold=threshold, classes=classes, top_k=top_k)
+                         threshold=threshold, classes=classes, top_k=top_k, ece_bins=ece_bins, baseline=baseline,
+                         candidate=candidate)
     acc = comb.create_accumulator()
     for b in _as_batch_list(batches):
         comb.add_batch(acc, b)
@@ -154,10 +167,7 @@ def evaluate_accumulator(comb: Combiner, acc, *, slices, metrics, ece_bins=10, n
     sdefs, warnings = build_slices(merged, slices)
     roles = spec.roles
     paired = baseline is not None and candidate is not None and baseline != candidate
-    if paired:
-        families = [(baseline, candidate)] + [(r,) for r in roles if r not in (baseline, candidate)]
-    else:
-        families = [(r,) for r in roles]
+    families = spec.families
     role_family = {r: i for i, f in enumerate(families) for r in f}
     kw = dict(metrics=metrics, n_boot=n_boot, seed=seed, families=families, role_family=role_family)
     if spec.task_type == BINARY:

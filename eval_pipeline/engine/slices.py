@@ -43,7 +43,7 @@ def validate_config(cfg: SliceConfig):
 def build_slices(merged: Merged, cfg: SliceConfig) -> tuple[list[SliceDef], list[str]]:
     cols = merged.spec.slice_columns
     n_atoms = len(merged.atom_values)
-    atom_n = np.bincount(merged.atom, minlength=n_atoms) if n_atoms else np.zeros(0, np.int64)
+    atom_n = merged.atom_n
     warnings: list[str] = []
     out = [SliceDef("overall", {}, np.ones(n_atoms, dtype=bool), "overall")]
 
