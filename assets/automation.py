@@ -73,6 +73,23 @@ def sensor_interval_seconds() -> int:
         return DEFAULT_INTERVAL_SECONDS
 
 
+def run_config_for(job) -> dict:
+    """Run config for sensor/schedule requests: the steps of one run execute in one process by default.
+
+    With Dagster's default executor (multi_or_in_process) every step is a fresh process that re-imports pandas,
+    Great Expectations, Evidently and the code location: ≈ 5–10 s per step, ≈ 1 min of overhead for the six steps of
+    an evaluation, which alone would break the ≤ 60 s turnaround. The steps of one run are sequential anyway, so
+    in-process loses nothing. EVAL_RUN_EXECUTOR=multiprocess restores the default. Jobs that declare their own
+    executor get no executor config from here.
+    """
+    choice = os.environ.get("EVAL_RUN_EXECUTOR", "in_process").strip() or "in_process"
+    executor = getattr(job, "executor_def", None)
+    if choice not in ("in_process", "multiprocess") or (
+            executor is not None and executor is not dg.multi_or_in_process_executor):
+        return {}
+    return {"execution": {"config": {choice: {}}}}
+
+
 def _verify_max_bytes() -> int:
     raw = os.environ.get("EVAL_SENSOR_VERIFY_MAX_MB", "").strip()
     try:
@@ -188,7 +205,8 @@ def check_version(registry: Registry, name: str, version: str, verify_max_bytes:
     return True, manifest.sha256
 
 
-def new_model_tick(context, lake: Lake, spec: EvalSpec, job_name: str, partitions_name: str):
+def new_model_tick(context, lake: Lake, spec: EvalSpec, job_name: str, partitions_name: str,
+                   run_config: dict | None = None):
     registry = Registry(lake)
     name = spec.model.name
     cursor = _load_cursor(context.cursor)
@@ -230,7 +248,7 @@ def new_model_tick(context, lake: Lake, spec: EvalSpec, job_name: str, partition
             context.log.info(f"{name}@{version} already has an evaluation on snapshot {snapshot_id}")
             continue
         run_requests.append(dg.RunRequest(
-            run_key=f"{name}@{version}:{sha[:16]}", partition_key=version,
+            run_key=f"{name}@{version}:{sha[:16]}", partition_key=version, run_config=run_config,
             tags=_eval_tags(spec, "new_model", version, snapshot_id)))
         context.log.info(f"new model version {name}@{version} (sha256 {sha[:16]}): evaluation on {snapshot_id}")
 
@@ -257,7 +275,7 @@ def landing_fingerprint(lake: Lake, spec: EvalSpec) -> tuple[str, int]:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest(), len(rows)
 
 
-def new_data_tick(context, lake: Lake, spec: EvalSpec):
+def new_data_tick(context, lake: Lake, spec: EvalSpec, run_config: dict | None = None):
     cursor = _load_cursor(context.cursor)
     try:
         fingerprint, n_files = landing_fingerprint(lake, spec)
@@ -276,7 +294,7 @@ def new_data_tick(context, lake: Lake, spec: EvalSpec):
                                                                            "last_seen": fingerprint}))
     context.log.info(f"{n_files} files in {spec.data.source} settled: requesting a refresh")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"data:{fingerprint[:24]}",
+        run_requests=[dg.RunRequest(run_key=f"data:{fingerprint[:24]}", run_config=run_config,
                                     tags={TAG_TRIGGER: "new_data", TAG_TASK: spec.task,
                                           "eval/files": str(n_files)})],
         cursor=_dump_cursor({"last_run": fingerprint, "last_seen": fingerprint}))
@@ -284,7 +302,7 @@ def new_data_tick(context, lake: Lake, spec: EvalSpec):
 
 # -- re-evaluation sensor ---------------------------------------------------------------------------------------------
 def reevaluation_tick(context, lake: Lake, spec: EvalSpec, job_name: str, refresh_job_name: str,
-                      partitions_name: str):
+                      partitions_name: str, run_config: dict | None = None):
     registry = Registry(lake)
     name = spec.model.name
     cursor = _load_cursor(context.cursor)
@@ -324,7 +342,7 @@ def reevaluation_tick(context, lake: Lake, spec: EvalSpec, job_name: str, refres
             continue  # e.g. the new-model sensor already asked for it
         trigger = "nightly" if (new_night and role == "champion") else "new_data"
         run_requests.append(dg.RunRequest(
-            run_key=f"{version}@{snapshot_id}", partition_key=version,
+            run_key=f"{version}@{snapshot_id}", partition_key=version, run_config=run_config,
             tags={**_eval_tags(spec, trigger, version, snapshot_id), "eval/role": role}))
         context.log.info(f"re-evaluating {role} {name}@{version} on snapshot {snapshot_id}")
 
@@ -366,14 +384,15 @@ def build_automation(spec: EvalSpec, refresh_job, evaluate_job) -> dict:
                description=f"New complete versions of model '{spec.model.name}' in the registry: add a partition "
                            f"and request exactly one evaluation each. Bad manifests are reported, not evaluated.")
     def new_model_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
-        return new_model_tick(context, lake.get_lake(), spec, evaluate_job.name, partitions_name)
+        return new_model_tick(context, lake.get_lake(), spec, evaluate_job.name, partitions_name,
+                              run_config_for(evaluate_job))
 
     @dg.sensor(name=f"{task}__new_data_sensor", job=refresh_job, minimum_interval_seconds=interval,
                default_status=running,
                description=f"New or changed files under {spec.data.source}: once they have settled for one tick, "
                            f"one refresh (snapshot, data-quality check, drift) for the whole batch.")
     def new_data_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
-        return new_data_tick(context, lake.get_lake(), spec)
+        return new_data_tick(context, lake.get_lake(), spec, run_config_for(refresh_job))
 
     @dg.sensor(name=f"{task}__reevaluation_sensor", job=evaluate_job, minimum_interval_seconds=interval,
                default_status=running,
@@ -381,7 +400,7 @@ def build_automation(spec: EvalSpec, refresh_job, evaluate_job) -> dict:
                            "it, once per (version, snapshot).")
     def reevaluation_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
         return reevaluation_tick(context, lake.get_lake(), spec, evaluate_job.name, refresh_job.name,
-                                 partitions_name)
+                                 partitions_name, run_config_for(evaluate_job))
 
     @dg.schedule(name=f"{task}__nightly", job=refresh_job, cron_schedule=spec.monitoring.nightly_cron,
                  execution_timezone=spec.monitoring.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
@@ -390,7 +409,7 @@ def build_automation(spec: EvalSpec, refresh_job, evaluate_job) -> dict:
     def nightly(context: dg.ScheduleEvaluationContext):
         when = context.scheduled_execution_time or dt.datetime.now(ZoneInfo(spec.monitoring.timezone))
         night = when.strftime("%Y-%m-%d")
-        return dg.RunRequest(run_key=f"nightly:{night}",
+        return dg.RunRequest(run_key=f"nightly:{night}", run_config=run_config_for(refresh_job),
                              tags={TAG_TRIGGER: "nightly", TAG_TASK: task, TAG_NIGHT: night})
 
     return {"sensors": [new_model_sensor, new_data_sensor, reevaluation_sensor], "schedules": [nightly]}

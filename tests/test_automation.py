@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import create_run_for_test
 
-from assets.automation import build_automation, landing_fingerprint
+from assets.automation import build_automation, landing_fingerprint, run_config_for
 from eval_pipeline.definitions import build_definitions, task_jobs
 from eval_pipeline.lake import Lake
 from eval_pipeline.registry import Registry
@@ -98,6 +98,7 @@ def test_new_version_gets_one_run_and_a_partition(auto, lake, instance):
     assert req.run_key == f"auto_model@1:{sha[:16]}"
     assert req.tags["eval/trigger"] == "new_model" and req.tags["eval/version"] == "1"
     assert req.tags["eval/snapshot"] == "snap1" and req.tags["eval/model"] == "auto_model"
+    assert req.run_config == {"execution": {"config": {"in_process": {}}}}
     assert [list(d.partition_keys) for d in r1.dynamic_partitions_requests] == [["1"]]
     assert instance.get_dynamic_partitions(PARTS) == ["1"]
 
@@ -339,3 +340,15 @@ def test_definitions_load_with_automation(spec, tmp_path):
     assert {s.name for s in repo.sensor_defs} == {"auto__new_model_sensor", "auto__new_data_sensor",
                                                   "auto__reevaluation_sensor"}
     assert [s.name for s in repo.schedule_defs] == ["auto__nightly"]
+    # the executor config the sensors attach is valid for both jobs
+    for job_name in ("auto__refresh", "auto__evaluate"):
+        job = defs.resolve_job_def(job_name)
+        assert run_config_for(job) == {"execution": {"config": {"in_process": {}}}}
+        dg.validate_run_config(job, run_config_for(job))
+
+
+def test_run_config_opt_out(monkeypatch, auto):
+    monkeypatch.setenv("EVAL_RUN_EXECUTOR", "multiprocess")
+    assert run_config_for(auto["evaluate"]) == {"execution": {"config": {"multiprocess": {}}}}
+    own = dg.define_asset_job("own", executor_def=dg.in_process_executor)
+    assert run_config_for(own) == {}
