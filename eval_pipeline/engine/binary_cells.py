@@ -21,15 +21,30 @@ EPS = np.finfo(np.float64).eps
 
 
 def score_grid(threshold: float, ece_bins: int) -> np.ndarray:
-    """Bin edges of the bootstrap cells: 0.04-wide bins, finer tails (0.001, 0.01, 0.99, 0.999), the threshold and
-    the ECE edges (so count metrics and ECE bin totals are exact functions of the cell counts)."""
-    e = np.concatenate([np.linspace(0, 1, 26), np.linspace(0, 1, ece_bins + 1), [threshold],
+    """Bin edges of the bootstrap cells: 0.05-wide bins, finer tails (0.001, 0.01, 0.99, 0.999), the threshold and
+    the ECE edges (so count metrics and ECE bin totals are exact functions of the cell counts). About 24 bins per
+    model, so a paired family has at most 2 x 24 x 24 cells per atom."""
+    e = np.concatenate([np.linspace(0, 1, 21), np.linspace(0, 1, ece_bins + 1), [threshold],
                         [0.001, 0.01, 0.99, 0.999]])
     return np.unique(e)
 
 
+_LATTICE = 4096
+
+
 def _bins(edges, s):
-    return np.clip(np.searchsorted(edges, s, side="right") - 1, 0, edges.size - 2)
+    """Bin index = searchsorted(edges, s, 'right') - 1 clipped to [0, G - 1], via a lattice lookup table plus three
+    exact correction steps (identical result, ~10x faster than a binary search per row)."""
+    G = edges.size - 1
+    if np.min(np.diff(edges)) < 3.0 / _LATTICE:
+        return np.clip(np.searchsorted(edges, s, side="right") - 1, 0, G - 1)
+    lut = np.clip(np.searchsorted(edges, np.arange(_LATTICE + 1) / _LATTICE, side="right") - 2, 0, G - 1)
+    b = lut[np.minimum((s * _LATTICE).astype(np.int64), _LATTICE)]
+    ext = np.append(edges[1:], np.inf)  # ext[b] = right edge of bin b; the last bin is closed at 1.0
+    ext[G - 1] = np.inf
+    for _ in range(3):
+        b += s >= ext[b]
+    return b
 
 
 def _reduce(keys, counts, sums):
@@ -50,7 +65,7 @@ def add_binary(spec, acc, chunk):
         order = None
         segs = [(int(atom[0]), 0, n)]
     else:
-        order = np.argsort(atom, kind="stable")
+        order = np.argsort(atom.astype(np.int16) if atom.max() < 32767 else atom, kind="stable")  # radix sort
         a_sorted = atom[order]
         starts = np.flatnonzero(np.concatenate([[True], a_sorted[1:] != a_sorted[:-1]]))
         ends = np.append(starts[1:], n)

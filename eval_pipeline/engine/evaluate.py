@@ -178,6 +178,13 @@ def evaluate_accumulator(comb: Combiner, acc, *, slices, metrics, ece_bins=10, n
         out = regression.compute(merged, sdefs, **kw)
 
     B = n_boot
+    ci_all = {}  # (role, metric) -> (lo, hi) arrays over slices, computed in one vectorised call
+    if B:
+        for r in roles:
+            for m in metrics:
+                rep = out["reps"].get(r, {}).get(m)
+                if rep is not None:
+                    ci_all[(r, m)] = percentile_ci(rep, confidence)
     slices_out, replicates = [], {}
     for j, sd in enumerate(sdefs):
         n = int(out["n"][j])
@@ -194,9 +201,8 @@ def evaluate_accumulator(comb: Combiner, acc, *, slices, metrics, ece_bins=10, n
                     ci = None
                     rep = out["reps"].get(r, {}).get(m) if B else None
                     if rep is not None and reason is None:
-                        rj = rep[:, j]
-                        replicates[(sd.name, r, m)] = rj
-                        lo, hi = percentile_ci(rj, confidence)
+                        replicates[(sd.name, r, m)] = rep[:, j]
+                        lo, hi = ci_all[(r, m)][0][j], ci_all[(r, m)][1][j]
                         ci = [_f(lo), _f(hi)] if _f(lo) is not None else None
                     md[m] = {"value": _f(v) if reason is None else None, "ci": ci, "undefined": reason}
                 entry["models"][r] = md
