@@ -169,7 +169,9 @@ class Combiner:
         return acc
 
     # -- add
-    def add_batch(self, acc: Accumulator, batch) -> Accumulator:
+    def add_batch(self, acc: Accumulator, batch, row_offset: int | None = None) -> Accumulator:
+        """Add one batch. ``row_offset``: index of the batch's first row in the whole input (for error messages;
+        defaults to the rows this accumulator has seen)."""
         spec = self.spec
         n = _n_rows(batch)
         if n == 0:
@@ -177,9 +179,9 @@ class Combiner:
         if n > MAX_PIECE:  # bounded pieces: cache-friendly, and keeps the integer sums below 2**53 per piece
             for start in range(0, n, MAX_PIECE):
                 piece = batch.iloc[start:start + MAX_PIECE] if isinstance(batch, pd.DataFrame) else batch.slice(start, MAX_PIECE)
-                self.add_batch(acc, piece)
+                self.add_batch(acc, piece, None if row_offset is None else row_offset + start)
             return acc
-        off = acc.n_rows
+        off = acc.n_rows if row_offset is None else row_offset
         chunk = {"label": self._label(batch, off)}
         for role in spec.roles:
             chunk.update(self._prediction(batch, role, chunk["label"], off))

@@ -205,7 +205,10 @@ def compute(merged, slices, *, metrics, threshold, ece_bins, n_boot, seed, famil
         vals = {m: np.full(S, np.nan) for m in metrics}
         why = {m: [None] * S for m in metrics}
         npos = np.zeros(S, dtype=np.int64)
-        atom_keys = {aid: _slice_keys(merged, role, [aid]) for aid in range(n_atoms)}
+        atom_keys = {}
+        for aid in range(n_atoms):  # one sorted array per atom; drop the runs as we go to bound peak memory
+            atom_keys[aid] = _slice_keys(merged, role, [aid])
+            merged.runs.get(role, {}).pop(aid, None)
         stats = {aid: _atom_stats((k >> 1).view(np.float64), (k & 1).astype(np.int8), threshold, ece_edges)
                  for aid, k in atom_keys.items()}
         for j in range(S):

@@ -143,8 +143,11 @@ def make_combiner(*, task_type, label, predictions, slices: SliceConfig, thresho
 
 def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = SliceConfig(), metrics,
              threshold=0.5, classes=None, top_k=3, ece_bins=10, n_boot=1000, seed=0, confidence=0.95,
-             baseline="baseline", candidate="candidate") -> EvaluationResult:
-    """Evaluate one or more models (roles) on streamed batches; see the module docstring."""
+             baseline="baseline", candidate="candidate", workers=None) -> EvaluationResult:
+    """Evaluate one or more models (roles) on streamed batches; see the module docstring.
+
+    ``workers`` (default: min(2, CPUs)) accumulators consume the batches round-robin on threads and are merged at
+    the end; the result does not depend on it (merging is order-free)."""
     metrics = list(metrics)
     predictions = dict(predictions)
     _validate(task_type, label, predictions, metrics, threshold, classes, top_k, ece_bins, n_boot, confidence,
@@ -152,11 +155,45 @@ def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = Sl
     comb = make_combiner(task_type=task_type, label=label, predictions=predictions, slices=slices,
                          threshold=threshold, classes=classes, top_k=top_k, ece_bins=ece_bins, baseline=baseline,
                          candidate=candidate)
-    acc = comb.create_accumulator()
-    for b in _as_batch_list(batches):
-        comb.add_batch(acc, b)
+    acc = _consume(comb, _as_batch_list(batches), workers)
     return evaluate_accumulator(comb, acc, slices=slices, metrics=metrics, ece_bins=ece_bins, n_boot=n_boot,
                                 seed=seed, confidence=confidence, baseline=baseline, candidate=candidate)
+
+
+def _consume(comb, batches, workers):
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = workers or min(2, os.cpu_count() or 1)
+    if workers <= 1:
+        acc = comb.create_accumulator()
+        off = 0
+        for b in batches:
+            comb.add_batch(acc, b, off)
+            off += acc_rows(b)
+        return acc
+    accs = [comb.create_accumulator() for _ in range(workers)]
+    pools = [ThreadPoolExecutor(max_workers=1) for _ in range(workers)]
+    pending = [None] * workers
+    try:
+        off = 0
+        for i, b in enumerate(batches):
+            w = i % workers
+            if pending[w] is not None:
+                pending[w].result()  # bounded: at most one batch in flight per worker
+            pending[w] = pools[w].submit(comb.add_batch, accs[w], b, off)
+            off += acc_rows(b)
+        for f in pending:
+            if f is not None:
+                f.result()
+    finally:
+        for p in pools:
+            p.shutdown(wait=True, cancel_futures=True)
+    return comb.merge_accumulators(accs)
+
+
+def acc_rows(b) -> int:
+    return len(b) if isinstance(b, pd.DataFrame) else b.num_rows
 
 
 def evaluate_accumulator(comb: Combiner, acc, *, slices, metrics, ece_bins=10, n_boot=1000, seed=0,

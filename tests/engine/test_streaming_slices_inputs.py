@@ -138,3 +138,9 @@ def test_single_model_no_deltas_and_bool_labels():
                    metrics=["accuracy", "roc_auc"], n_boot=20, baseline=None, candidate="champion").to_dict()
     assert res["slices"][0]["delta"] == {} and res["baseline"] is None
     assert res["slices"][0]["models"]["champion"]["roc_auc"]["ci"] is not None
+
+
+def test_worker_count_does_not_change_the_result():
+    df = make_binary(4000, seed=18)
+    chunks = [df.iloc[i:i + 300] for i in range(0, 4000, 300)]
+    assert _run(chunks, workers=1) == _run(chunks, workers=2) == _run(chunks, workers=3)
