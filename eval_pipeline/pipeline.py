@@ -190,7 +190,12 @@ def _role_columns(spec: EvalSpec, role: str):
 
 
 def compute_metrics(ctx: TaskContext, snap: Snapshot, version: str):
-    from .engine import SliceConfig, evaluate
+    """Metrics with intervals and paired deltas, and the gates applied to them.
+
+    Gates are decided here, next to the bootstrap replicates they need (replicates are large and are not
+    persisted); the release_gates step turns the persisted gate outcomes into the verdict and result JSON.
+    """
+    from .engine import GateDef, SliceConfig, apply_gates, evaluate
 
     spec = ctx.spec
     candidate, baseline = resolve_pair(ctx, version)
@@ -206,31 +211,24 @@ def compute_metrics(ctx: TaskContext, snap: Snapshot, version: str):
         top_k=spec.model.top_k, ece_bins=spec.evaluation.ece_bins, n_boot=spec.evaluation.bootstrap_replicates,
         seed=spec.evaluation.seed, confidence=spec.evaluation.confidence,
         baseline="baseline" if baseline else None, candidate="candidate")
-    ctx.lake.write_json(f"{evaluation_dir(ctx, version, snap)}/metrics.json", result.to_dict())
+    # Monitoring the champion alone: non-inferiority has nothing to compare with, so only absolute gates apply.
+    gates = [GateDef(metric=g.metric, kind=g.kind, min=g.min, max=g.max, margin=g.margin,
+                     slices=g.slices if isinstance(g.slices, str) else list(g.slices), name=g.name)
+             for g in spec.gates if baseline is not None or g.kind == "absolute"]
+    report = apply_gates(result, gates, multiplicity=spec.evaluation.multiplicity)
+    folder = evaluation_dir(ctx, version, snap)
+    ctx.lake.write_json(f"{folder}/metrics.json", result.to_dict())
+    ctx.lake.write_json(f"{folder}/gates.json", report.to_dict())
     return result
 
 
-def decide(ctx: TaskContext, snap: Snapshot, version: str, metrics=None) -> dict:
-    """Apply the gates and write the machine-readable result JSON. Returns the result dict."""
-    from .engine import GateDef, apply_gates
-
+def decide(ctx: TaskContext, snap: Snapshot, version: str) -> dict:
+    """Turn the gate outcomes into the verdict and the machine-readable result JSON. Returns the result dict."""
     spec = ctx.spec
     candidate, baseline = resolve_pair(ctx, version)
     folder = evaluation_dir(ctx, version, snap)
-    metrics_dict = ctx.lake.read_json(f"{folder}/metrics.json") if metrics is None else metrics.to_dict()
-    if metrics is None:
-        from .engine import EvaluationResult
-
-        metrics = EvaluationResult.from_dict(metrics_dict)
-    # Monitoring the champion alone: non-inferiority has nothing to compare with, so only absolute gates apply.
-    gate_specs = [g for g in spec.gates if baseline is not None or g.kind == "absolute"]
-    gates = [GateDef(metric=g.metric, kind=g.kind, min=g.min, max=g.max, margin=g.margin,
-                     slices=g.slices if isinstance(g.slices, str) else list(g.slices), name=g.name)
-             for g in gate_specs]
-    report = apply_gates(metrics, gates, multiplicity=spec.evaluation.multiplicity,
-                         alpha=1 - spec.evaluation.confidence)
-    gates_dict = report.to_dict()
-    ctx.lake.write_json(f"{folder}/gates.json", gates_dict)
+    metrics_dict = ctx.lake.read_json(f"{folder}/metrics.json")
+    gates_dict = ctx.lake.read_json(f"{folder}/gates.json")
     quality = ctx.lake.read_json(quality_paths(ctx, snap)[0])
     result = {
         "schema_version": 1,
