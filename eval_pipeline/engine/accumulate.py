@@ -10,9 +10,10 @@ the value dictionaries, so it is associative and commutative. ``finish`` puts ev
 including the bootstrap replicates, which are drawn from cell counts of the merged data with the seed — is
 bit-identical whatever the chunking or row order.
 
-Memory: the store is O(rows) (about 13 bytes per row plus 8 bytes per binary/regression role). This is the price of
-*exact* rank metrics (ROC AUC, average precision need the full multiset of scores; no bounded-memory summary can
-give them exactly). Nothing else is kept per row.
+Memory: the store is O(rows): binary keeps 8 bytes per row per model (the sorted (score, label) keys, grouped by
+atom; see :mod:`.binary_cells`); multiclass keeps ~6 bytes per row plus 3 per model; regression 12 bytes plus 8 per
+model. This is the price of *exact* rank metrics (ROC AUC and average precision need the full multiset of scores;
+no bounded-memory summary gives them exactly). The bootstrap cells are O(atoms x bins), independent of rows.
 """
 from __future__ import annotations
 

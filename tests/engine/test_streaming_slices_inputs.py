@@ -144,3 +144,14 @@ def test_worker_count_does_not_change_the_result():
     df = make_binary(4000, seed=18)
     chunks = [df.iloc[i:i + 300] for i in range(0, 4000, 300)]
     assert _run(chunks, workers=1) == _run(chunks, workers=2) == _run(chunks, workers=3)
+
+
+def test_bad_multiclass_and_regression_inputs():
+    df = pd.DataFrame({"y": ["a", "b", "zz", "a"], "pa": [0.6, 0.2, 0.5, 0.9], "pb": [0.4, 0.8, 0.5, 0.1]})
+    with pytest.raises(EngineInputError, match=r"column 'y'.*classes.*row 2"):
+        evaluate(df, task_type="multiclass_classification", label="y", predictions={"m": ["pa", "pb"]},
+                 classes=["a", "b"], metrics=["accuracy"], baseline=None, candidate="m", n_boot=0)
+    r = pd.DataFrame({"y": [1.0, 2.0, 3.0], "p": [1.0, np.nan, 2.0]})
+    with pytest.raises(EngineInputError, match=r"column 'p'.*finite.*row 1"):
+        evaluate(r, task_type="regression", label="y", predictions={"m": "p"}, metrics=["mae"], baseline=None,
+                 candidate="m", n_boot=0)
