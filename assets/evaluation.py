@@ -118,7 +118,8 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
         })
 
     @dg.asset_check(asset=release_gates, name="gates_pass", blocking=True,
-                    description="Blocking: a FAIL verdict stops the report and promotion; INCONCLUSIVE warns.")
+                    description="Blocking: a FAIL verdict stops promotion (and anything else downstream of the "
+                                "gates); INCONCLUSIVE warns.")
     def gates_pass(context: dg.AssetCheckExecutionContext, lake: LakeResource,
                    settings: SettingsResource) -> dg.AssetCheckResult:
         ctx = task_context(spec, lake, settings)
@@ -136,10 +137,13 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
                           [g["metric"], g["slice"], g["outcome"], g.get("rule", "")] for g in deciding]) if deciding
                           else "none")})
 
+    # The report hangs off `evaluation`, not off `release_gates`: a FAIL must still be explained to the person who
+    # acts on it. What the blocking gates check stops is promotion.
     @dg.asset(key=key(spec, "decision_report"), group_name=task, partitions_def=parts,
-              deps=[release_gates, key(spec, "drift_report")], kinds={"html"},
+              deps=[evaluation, key(spec, "drift_report")], kinds={"html"},
               description="The decision report: verdict, deciding gates, overall and slice tables, data quality, "
-                          "drift, reproducibility manifest. Markdown here, self-contained HTML in the lake.")
+                          "drift, reproducibility manifest. Markdown here, self-contained HTML in the lake. Written "
+                          "for every verdict (a FAIL needs explaining most).")
     def decision_report(context: dg.AssetExecutionContext, lake: LakeResource,
                         settings: SettingsResource) -> dg.MaterializeResult:
         ctx = task_context(spec, lake, settings)
@@ -149,7 +153,8 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
         return dg.MaterializeResult(metadata={"verdict": out["verdict"], "report": dg.MetadataValue.md(out["markdown"]),
                                               "html": dg.MetadataValue.path(out["html_uri"])})
 
-    @dg.asset(key=key(spec, "champion_promotion"), group_name=task, partitions_def=parts, deps=[decision_report],
+    @dg.asset(key=key(spec, "champion_promotion"), group_name=task, partitions_def=parts,
+              deps=[release_gates, decision_report],
               kinds={"python"},
               description="Opt-in (EVAL_PROMOTE_ON_PASS or monitoring.promote_on_pass): a PASSing candidate becomes "
                           "champion, with an audit record. Never on FAIL or INCONCLUSIVE.")

@@ -140,7 +140,7 @@ def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagste
                 _say("data quality FAILED: the evaluation is blocked (see messages above)")
                 return EXIT_ERROR, None
             if job_name.endswith("__evaluate") and any(e.check_name == "gates_pass" for e in failed_checks):
-                break  # a FAIL verdict blocked the report; the result JSON exists
+                break  # a FAIL verdict blocked promotion; the result JSON and the report exist
             errors = [_root_cause(e.event_specific_data.error) for e in result.all_events
                       if e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error]
             _say("run failed: " + (errors[0] if errors else "see Dagster logs"))
@@ -165,7 +165,7 @@ def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagste
     if lake.exists(report_rel):
         print(f"report: {lake.uri(report_rel)}")
     else:
-        print("report: not written — the failing gate blocked it (see the result JSON)")
+        print("report: not written (see the run's errors above)")
     return EXIT[verdict], result
 
 
@@ -185,7 +185,7 @@ def cmd_demo(args) -> int:
     seeded = demo.seed_demo(lake, sample_frac=args.sample_frac)
     _say(f"seeded in {time.perf_counter() - t0:.1f} s")
     spec_path = str(demo.packaged_spec_path("flights_delay"))
-    candidate = seeded.get("candidate") if isinstance(seeded, dict) else None
+    candidate = "flights_delay@2"  # the demo's candidate; version 1 is the champion
     code, _ = run_evaluation(spec_path, lake.root, candidate, args.dagster_home, args.output)
     _say(f"open the UI: EVAL_LAKE_ROOT={lake.root} dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000")
     return code

@@ -222,8 +222,8 @@ def compute_metrics(ctx: TaskContext, snap: Snapshot, version: str):
     return result
 
 
-def decide(ctx: TaskContext, snap: Snapshot, version: str) -> dict:
-    """Turn the gate outcomes into the verdict and the machine-readable result JSON. Returns the result dict."""
+def build_result(ctx: TaskContext, snap: Snapshot, version: str) -> dict:
+    """The machine-readable result (verdict, gates, metrics, hashes) from the persisted step outputs; no writes."""
     spec = ctx.spec
     candidate, baseline = resolve_pair(ctx, version)
     folder = evaluation_dir(ctx, version, snap)
@@ -252,9 +252,16 @@ def decide(ctx: TaskContext, snap: Snapshot, version: str) -> dict:
         "paths": {"folder": ctx.lake.uri(folder), "result": ctx.lake.uri(f"{folder}/result.json"),
                   "report_html": ctx.lake.uri(f"{folder}/report.html")},
     }
-    ctx.lake.write_json(f"{folder}/result.json", result)
+    return result
+
+
+def decide(ctx: TaskContext, snap: Snapshot, version: str) -> dict:
+    """Write the result JSON and one line of metric history. Returns the result dict."""
+    result = build_result(ctx, snap, version)
+    ctx.lake.write_json(f"{evaluation_dir(ctx, version, snap)}/result.json", result)
+    metrics_dict = result["metrics"]
     ctx.lake.write_json(f"history/{ctx.task}/{ctx.model_name}/{version}-{snap.snapshot_id}.json", {
-        "task": spec.task, "model": ctx.model_name, "version": version, "snapshot_id": snap.snapshot_id,
+        "task": ctx.task, "model": ctx.model_name, "version": version, "snapshot_id": snap.snapshot_id,
         "mode": result["mode"], "verdict": result["verdict"],
         "time_range": snap.manifest.get("time_range"),
         "overall": _overall(metrics_dict),
@@ -290,7 +297,7 @@ def write_report(ctx: TaskContext, snap: Snapshot, version: str) -> dict:
     from .report import render_html, render_markdown
 
     folder = evaluation_dir(ctx, version, snap)
-    result = load_result(ctx, snap, version)
+    result = build_result(ctx, snap, version)
     quality = ctx.lake.read_json(quality_paths(ctx, snap)[0])
     drift_rel = f"drift/{ctx.task}/{snap.snapshot_id}/drift.json"
     drift_summary = ctx.lake.read_json(drift_rel) if ctx.lake.exists(drift_rel) else None
