@@ -156,8 +156,11 @@ def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = Sl
                          threshold=threshold, classes=classes, top_k=top_k, ece_bins=ece_bins, baseline=baseline,
                          candidate=candidate)
     acc = _consume(comb, _as_batch_list(batches), workers)
-    return evaluate_accumulator(comb, acc, slices=slices, metrics=metrics, ece_bins=ece_bins, n_boot=n_boot,
-                                seed=seed, confidence=confidence, baseline=baseline, candidate=candidate)
+    res = evaluate_accumulator(comb, acc, slices=slices, metrics=metrics, n_boot=n_boot, seed=seed,
+                               confidence=confidence)
+    if res.baseline is None and res.candidate is None and candidate in predictions:
+        res.candidate = candidate
+    return res
 
 
 def _consume(comb, batches, workers):
@@ -196,10 +199,22 @@ def acc_rows(b) -> int:
     return len(b) if isinstance(b, pd.DataFrame) else b.num_rows
 
 
-def evaluate_accumulator(comb: Combiner, acc, *, slices, metrics, ece_bins=10, n_boot=1000, seed=0,
-                         confidence=0.95, baseline="baseline", candidate="candidate") -> EvaluationResult:
-    """The ``extract`` step: metrics and intervals from a (merged) accumulator."""
+def evaluate_accumulator(comb: Combiner, acc, *, slices, metrics, n_boot=1000, seed=0, confidence=0.95,
+                         ece_bins=None) -> EvaluationResult:
+    """The ``extract`` step: metrics and intervals from a (merged) accumulator. It consumes the accumulator.
+    The threshold, ECE bins and the baseline/candidate pairing are fixed by :func:`make_combiner`."""
     spec = comb.spec
+    if ece_bins is not None and int(ece_bins) != spec.ece_bins:
+        raise EngineInputError(f"ece_bins: the combiner was made with {spec.ece_bins}, got {ece_bins}")
+    ece_bins = spec.ece_bins
+    fam0 = spec.families[0] if spec.families else ()
+    baseline, candidate = (fam0[0], fam0[1]) if len(fam0) == 2 else (None, None)
+    if len(spec.roles) == 1:
+        candidate = spec.roles[0]
+    bad = [m for m in metrics if m not in metrics_for(spec.task_type)]
+    if bad:
+        raise EngineInputError(f"metric '{bad[0]}' is not available for {spec.task_type}; "
+                               f"valid metrics: {metrics_for(spec.task_type)}")
     merged = comb.finish(acc)
     sdefs, warnings = build_slices(merged, slices)
     roles = spec.roles
