@@ -57,7 +57,9 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
                     settings: SettingsResource) -> dg.MaterializeResult:
         ctx = task_context(spec, lake, settings)
         version = context.partition_key
-        snap = load_snapshot(ctx.lake, task)
+        snap, note = pipeline.snapshot_for_evaluation(ctx)
+        if note:
+            context.log.warning(note)
         ctx.lake.write_json(_pin_path(ctx, version), {"snapshot_id": snap.snapshot_id})
         scored = pipeline.score(ctx, snap, version)
         for role, s in scored.items():

@@ -92,7 +92,26 @@ def validate(ctx: TaskContext, snap: Snapshot):
     json_rel, html_rel = quality_paths(ctx, snap)
     ctx.lake.write_json(json_rel, result.to_dict())
     ctx.lake.write_text(html_rel, render_html(result))
+    if result.success:
+        ctx.lake.write_json(f"snapshots/{ctx.task}/validated.json", {"snapshot_id": snap.snapshot_id})
     return result
+
+
+def snapshot_for_evaluation(ctx: TaskContext) -> tuple[Snapshot, str]:
+    """The newest snapshot that passed data quality, and a note when that is not the newest snapshot.
+
+    A bad delivery of data must not stop a model from being evaluated on the last good data, and must never be
+    evaluated itself."""
+    latest = load_snapshot(ctx.lake, ctx.task)
+    pointer = f"snapshots/{ctx.task}/validated.json"
+    if not ctx.lake.exists(pointer):
+        require_quality_passed(ctx, latest)  # raises with the reason (not validated yet / failed)
+        return latest, ""
+    validated = load_snapshot(ctx.lake, ctx.task, ctx.lake.read_json(pointer)["snapshot_id"])
+    if validated.snapshot_id == latest.snapshot_id:
+        return latest, ""
+    return validated, (f"the newest snapshot {latest.snapshot_id} is not validated (or failed data quality); "
+                       f"evaluating on the last validated snapshot {validated.snapshot_id}")
 
 
 def require_quality_passed(ctx: TaskContext, snap: Snapshot) -> dict:
