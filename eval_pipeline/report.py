@@ -143,7 +143,7 @@ def _html_table(header: list[str], rows: list[list[str]], outcome_col: int | Non
                 style = f' style="color:{VERDICT_COLOURS[c]};font-weight:600"'
             cells.append(f"<td{style}>{html.escape(str(c))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def render_html(result: dict, quality: dict, drift: dict | None, spec: EvalSpec | None = None,
@@ -193,6 +193,6 @@ def render_html(result: dict, quality: dict, drift: dict | None, spec: EvalSpec 
            "table{border-collapse:collapse;font-size:13px;margin:.5rem 0 1.5rem}"
            "th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}"
            "th{background:#f6f8fa}.verdict{color:#fff;padding:2px 10px;border-radius:6px;font-size:.8em}"
-           "code{font-size:12px}")
+           "code{font-size:12px}.scroll{overflow-x:auto;max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(result['task'])}: {e(v)}</title>"
             f"<style>{css}</style></head><body>{''.join(sections)}</body></html>\n")
