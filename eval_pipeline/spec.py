@@ -211,6 +211,12 @@ class EvalSpec(_Strict):
             need(col, "columns.categorical")
         for col in self.drift.columns or []:
             need(col, "drift.columns")
+        from .engine import METRICS  # the engine owns the metric catalogue
+
+        valid = sorted(m for m, info in METRICS.items() if self.task_type in info.task_types)
+        unknown = [m for m in self.metric_names() if m not in valid]
+        if unknown:
+            problems.append(f"metrics {unknown} are not available for {self.task_type}; expected some of {valid}")
         gate_metrics = {g.metric for g in self.gates}
         missing = gate_metrics - set(self.metric_names())
         if missing:
