@@ -34,23 +34,44 @@ def default_root() -> str:
     return os.environ.get(DEFAULT_ROOT_ENV) or str(Path.cwd() / "lake")
 
 
+def _env_number(name: str, default: float, cast=float):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise LakeError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise LakeError(f"{name}={raw!r} must be positive")
+    return value
+
+
 def s3_storage_options() -> dict[str, Any]:
     """Options for s3fs, read from the environment; credentials stay with the standard AWS chain.
 
     EVAL_S3_ENDPOINT_URL (or AWS_ENDPOINT_URL) points at a non-AWS endpoint; retries use botocore's standard mode so
     transient faults (throttling, 5xx, dropped connections) back off and retry instead of failing the run.
+    EVAL_S3_MAX_ATTEMPTS (default 8) bounds botocore's attempts per request; EVAL_S3_CONNECT_TIMEOUT (default 5 s)
+    and EVAL_S3_READ_TIMEOUT (default 30 s) bound each attempt. s3fs's own retry loop (which also re-reads a body
+    whose connection dropped mid-transfer, something botocore does not retry) is set by S3_FS_RETRIES below.
     """
     endpoint = os.environ.get("EVAL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
     opts: dict[str, Any] = {
-        "config_kwargs": {"retries": {"max_attempts": int(os.environ.get("EVAL_S3_MAX_ATTEMPTS", "8")),
+        "config_kwargs": {"retries": {"max_attempts": _env_number("EVAL_S3_MAX_ATTEMPTS", 8, int),
                                       "mode": "standard"},
-                          "connect_timeout": 5, "read_timeout": 30},
-        "retries": int(os.environ.get("EVAL_S3_MAX_ATTEMPTS", "8")),
+                          "connect_timeout": _env_number("EVAL_S3_CONNECT_TIMEOUT", 5.0),
+                          "read_timeout": _env_number("EVAL_S3_READ_TIMEOUT", 30.0)},
         "skip_instance_cache": True,
     }
     if endpoint:
         opts["client_kwargs"] = {"endpoint_url": endpoint}
     return opts
+
+
+# s3fs retries some errors itself, on top of botocore (and a body read that dropped mid-transfer, which botocore
+# does not). Not a constructor argument: s3fs passes unknown options on to aiobotocore's session, which rejects them.
+S3_FS_RETRIES = 2
 
 
 def _clean_rel(rel: str) -> str:
@@ -76,6 +97,8 @@ class Lake:
         if storage_options is None and self.protocol == "s3":
             storage_options = s3_storage_options()
         self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
+        if self.protocol in ("s3", "s3a"):
+            self.fs.retries = S3_FS_RETRIES
         self.is_local = self.protocol in ("file", "local")
         if self.is_local:
             os.makedirs(self._root_path, exist_ok=True)
