@@ -29,7 +29,7 @@ from .errors import EngineInputError
 from .registry import BINARY, MULTICLASS, REGRESSION
 
 NULL = None  # the value of a null slice cell
-MAX_PIECE = 1 << 20
+MAX_PIECE = 1 << 18
 
 
 def _fmt_num(x: float) -> str:

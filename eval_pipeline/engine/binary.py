@@ -162,6 +162,45 @@ def _atom_stats(s, y, threshold, ece_edges):
             "br": float(np.sum(br)), "ysum": ysum, "ssum": ssum}
 
 
+_CHUNK = 1 << 20
+
+
+def _label_bits(key):
+    if np.little_endian:
+        return key.view(np.uint8)[::8] & 1  # the low byte of each key, without an int64 temporary
+    return (key & 1).astype(np.uint8)
+
+
+def _has_score_ties(key) -> bool:
+    for a in range(0, key.size - 1, _CHUNK):
+        k = key[a:a + _CHUNK + 1]
+        if np.any((k[1:] >> 1) == (k[:-1] >> 1)):
+            return True
+    return False
+
+
+def _rank_metrics_keys(key):
+    """ROC AUC and AP from sorted (score, label) keys; the tie-free fast path works in bounded chunks."""
+    n = key.size
+    if n == 0 or _has_score_ties(key):
+        return _rank_metrics((key >> 1).view(np.float64), (key & 1).astype(np.int8))
+    pos_idx = np.flatnonzero(_label_bits(key))
+    P = int(pos_idx.size)
+    N = n - P
+    auc = ap = np.nan
+    if P:
+        # no tied scores: U = sum of positive positions - P (P - 1) / 2; AP from each positive's own threshold
+        if N:
+            u = int(pos_idx.sum(dtype=np.int64)) - P * (P - 1) // 2
+            auc = u / (P * N)
+        tot = 0.0
+        for a in range(0, P, _CHUNK):
+            pi = pos_idx[a:a + _CHUNK]
+            tot += float(np.sum((P - np.arange(a, a + pi.size)) / (n - pi)))
+        ap = tot / P
+    return auc, ap
+
+
 def _rank_metrics(s, y):
     """Exact ROC AUC (integer Mann-Whitney U) and average precision of rows sorted by (score, label)."""
     n = s.size
@@ -169,13 +208,6 @@ def _rank_metrics(s, y):
     P = int(pos_idx.size)
     N = n - P
     auc = ap = np.nan
-    if n and P and not np.any(s[1:] == s[:-1]):
-        # no tied scores: U = sum of positive positions - P (P - 1) / 2; AP from each positive's own threshold
-        if N:
-            u = int(pos_idx.sum(dtype=np.int64)) - P * (P - 1) // 2
-            auc = u / (P * N)
-        ap = float(np.sum((P - np.arange(P)) / (n - pos_idx))) / P
-        return auc, ap
     cumy = np.cumsum(y, dtype=np.int64)
     if n and P:
         ends = np.append(np.flatnonzero(s[1:] != s[:-1]), n - 1)
@@ -233,9 +265,9 @@ def compute(merged, slices, *, metrics, threshold, ece_bins, n_boot, seed, famil
                 if atoms.size == 1:
                     key = atom_keys[int(atoms[0])]
                 else:
-                    key = np.sort(np.concatenate([atom_keys[int(a)] for a in atoms]))
-                v["roc_auc"], v["average_precision"] = _rank_metrics((key >> 1).view(np.float64),
-                                                                     (key & 1).astype(np.int8))
+                    key = np.concatenate([atom_keys[int(a)] for a in atoms])
+                    key.sort()  # in place: no second copy
+                v["roc_auc"], v["average_precision"] = _rank_metrics_keys(key)
                 del key
             npos[j] = P
             for m in metrics:
