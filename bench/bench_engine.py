@@ -55,6 +55,11 @@ def write_data(path: str, rows: int, slices: int, seed: int = 0):
                                    schema=schema))
 
 
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -108,6 +113,7 @@ def run_contestant(args) -> dict:
         from eval_pipeline.engine import SliceConfig, evaluate
 
         t0 = time.perf_counter()
+        cpu0 = _cpu_seconds()
         f = pq.ParquetFile(args.path)
 
         def batches():
@@ -124,10 +130,12 @@ def run_contestant(args) -> dict:
                        predictions={"baseline": "score_baseline", "candidate": "score_candidate"},
                        slices=SliceConfig(columns=["segment"]), metrics=BINARY_METRICS, n_boot=args.boot, seed=0)
         secs = time.perf_counter() - t0
+        cpu = _cpu_seconds() - cpu0
         d = res.to_dict()
         values = {s["slice"]: {r: {m: v["value"] for m, v in s["models"][r].items()} for r in s["models"]}
                   for s in d["slices"]}
-        return {"seconds": secs, "rss_mb": _maxrss_mb(), "values": values, "n_rows": d["n_rows"]}
+        return {"seconds": secs, "cpu_seconds": cpu, "rss_mb": _maxrss_mb(), "values": values,
+                "n_rows": d["n_rows"]}
     y, b, c, seg = load(args.path)
     if name == "sklearn_loop":
         t0 = time.perf_counter()
@@ -210,7 +218,9 @@ def main():
         res = {}
         res["engine"] = spawn(args, "engine")
         print(f"engine (stream parquet, 11 metrics x {args.slices + 1} slices x 2 models, paired, "
-              f"{args.boot} bootstrap replicates): {res['engine']['seconds']:.2f} s, peak RSS "
+              f"{args.boot} bootstrap replicates): {res['engine']['seconds']:.2f} s wall "
+              f"({res['engine']['cpu_seconds']:.1f} CPU-s on {os.cpu_count()} cores, load average "
+              f"{os.getloadavg()[0]:.1f}), peak RSS "
               f"{res['engine']['rss_mb']:.0f} MB", flush=True)
         q = args.rows // 4
         res["engine_quarter"] = spawn(args, "engine", limit=q)
@@ -233,6 +243,8 @@ def main():
             print(f"{name}: {r['seconds']:.1f} s{note}, peak RSS {r['rss_mb']:.0f} MB", flush=True)
     eng = res["engine"]["seconds"]
     summary = {"rows": args.rows, "slices": args.slices, "boot": args.boot, "engine_seconds": round(eng, 3),
+               "engine_cpu_seconds": round(res["engine"]["cpu_seconds"], 2),
+               "load_average_1min_at_end": round(os.getloadavg()[0], 2),
                "engine_peak_rss_mb": round(res["engine"]["rss_mb"], 1),
                "engine_quarter_seconds": round(res["engine_quarter"]["seconds"], 3),
                "engine_quarter_peak_rss_mb": round(res["engine_quarter"]["rss_mb"], 1)}
