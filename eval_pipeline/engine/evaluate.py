@@ -150,6 +150,13 @@ def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = Sl
     the end; the result does not depend on it (merging is order-free)."""
     metrics = list(metrics)
     predictions = dict(predictions)
+    # None means "the default" (callers pass spec fields that only apply to some task types)
+    threshold = 0.5 if threshold is None else threshold
+    top_k = 3 if top_k is None else top_k
+    ece_bins = 10 if ece_bins is None else ece_bins
+    n_boot = 1000 if n_boot is None else n_boot
+    seed = 0 if seed is None else seed
+    confidence = 0.95 if confidence is None else confidence
     _validate(task_type, label, predictions, metrics, threshold, classes, top_k, ece_bins, n_boot, confidence,
               baseline, candidate)
     comb = make_combiner(task_type=task_type, label=label, predictions=predictions, slices=slices,
