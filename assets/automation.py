@@ -35,6 +35,10 @@ folder and ``s3://`` share one code path:
 
 Every run request carries tags (``eval/trigger``, ``eval/task``, ``eval/model``, ``eval/version``,
 ``eval/snapshot``) so operators see why a run happened. Sensor interval: EVAL_SENSOR_INTERVAL_SECONDS (default 10).
+Requested runs execute their steps in one process (``run_config_for``; EVAL_RUN_EXECUTOR=multiprocess to opt out):
+per-step processes cost ≈ 10 s each here and would break the ≤ 60 s turnaround.
+Cross-sensor de-duplication reads run tags from the instance; it is exact with the daemon's default sequential
+sensor evaluation (``sensors: use_threads: false``); with threaded sensors two sensors could race for one tick.
 """
 
 import datetime as dt
