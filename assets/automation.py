@@ -248,7 +248,8 @@ def new_model_tick(context, lake: Lake, spec: EvalSpec, job_name: str, partition
         if snapshot_id is None:
             waiting.append(version)
             continue
-        if evaluation_requested(context.instance, spec, job_name, version, snapshot_id):
+        if (evaluation_requested(context.instance, spec, job_name, version, snapshot_id)
+                or lake.exists(result_path(spec, lake, version, snapshot_id))):  # e.g. evaluated by the CLI
             context.log.info(f"{name}@{version} already has an evaluation on snapshot {snapshot_id}")
             continue
         run_requests.append(dg.RunRequest(

@@ -132,8 +132,12 @@ def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagste
     for job_name, partition in ((f"{spec.task}__refresh", None), (f"{spec.task}__evaluate", version)):
         _say(f"running {job_name}" + (f" [partition {partition}]" if partition else ""))
         job = defs.resolve_job_def(job_name)
+        tags = {"eval/trigger": "cli", "eval/task": spec.task}
+        if partition:
+            snap, _ = pipeline.snapshot_for_evaluation(pipeline.TaskContext(lake, spec))
+            tags |= {"eval/model": spec.model.name, "eval/version": version, "eval/snapshot": snap.snapshot_id}
         result = job.execute_in_process(instance=instance, partition_key=partition, raise_on_error=False,
-                                        run_config=run_config)
+                                        run_config=run_config, tags=tags)
         if not result.success:
             failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
             if job_name.endswith("__refresh") and failed_checks:

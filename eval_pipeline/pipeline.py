@@ -114,6 +114,11 @@ def snapshot_for_evaluation(ctx: TaskContext) -> tuple[Snapshot, str]:
                        f"evaluating on the last validated snapshot {validated.snapshot_id}")
 
 
+def quality_passed(ctx: TaskContext, snapshot_id: str) -> bool:
+    rel = f"quality/{ctx.task}/{snapshot_id}/result.json"
+    return ctx.lake.exists(rel) and bool(ctx.lake.read_json(rel).get("success"))
+
+
 def require_quality_passed(ctx: TaskContext, snap: Snapshot) -> dict:
     """Refuse to evaluate on a snapshot whose data-quality validation failed or never ran (defence in depth:
     Dagster's blocking check stops the same run; this also stops later runs on the same bad snapshot)."""
