@@ -11,6 +11,7 @@ snapshot order, one row per evaluation row. It is re-used when the same snapshot
 """
 
 import io
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -143,9 +144,12 @@ def score_model(lake: Lake, registry: Registry, spec: EvalSpec, snapshot: Snapsh
 
     out_rel = predictions_path(spec, snapshot, manifest)
     meta_rel = out_rel.replace(".parquet", ".json")
+    inputs = _scoring_inputs(spec, manifest)
     if lake.exists(meta_rel) and lake.exists(out_rel):
         meta = lake.read_json(meta_rel)
-        if meta.get("sha256") == manifest.sha256:
+        # Re-use only what was scored from the same artifact on the same rows and columns: a spec whose evaluation
+        # window or features changed must not be handed predictions for other rows.
+        if meta.get("sha256") == manifest.sha256 and meta.get("inputs") == inputs:
             return {**meta, "cached": True}
     started = time.perf_counter()
     loaded = load_model(registry, manifest, trusted_types)
@@ -155,8 +159,14 @@ def score_model(lake: Lake, registry: Registry, spec: EvalSpec, snapshot: Snapsh
     rows = 0
     needed = [id_col] + ([] if manifest.flavor == "predictions" else list(spec.columns.features))
     lookup = _prediction_lookup(loaded, spec, cols) if manifest.flavor == "predictions" else None
+    batches = eval_rows(lake, snapshot, spec, needed, batch_size=spec.model.batch_size)
+    first = next(batches, None)
+    if first is None:  # checked before the writer opens: an empty window must not replace a good file
+        raise ScoringError(f"task '{spec.task}': no evaluation rows in snapshot {snapshot.snapshot_id} "
+                           f"(window {spec.data.evaluation_start} .. {spec.data.evaluation_end})")
+    lake.delete(meta_rel)  # a crash between the two writes below must not pair an old summary with new scores
     with lake.parquet_writer(out_rel, _schema(spec, cols, snapshot)) as writer:
-        for batch in eval_rows(lake, snapshot, spec, needed, batch_size=spec.model.batch_size):
+        for batch in itertools.chain([first], batches):
             frame = batch.to_pandas()
             ids = frame[id_col].to_numpy()
             if lookup is not None:
@@ -174,15 +184,20 @@ def score_model(lake: Lake, registry: Registry, spec: EvalSpec, snapshot: Snapsh
             schema = schema or table.schema
             writer.write_table(table.cast(writer.schema))
             rows += len(frame)
-    if rows == 0:
-        lake.delete(out_rel)
-        raise ScoringError(f"task '{spec.task}': no evaluation rows in snapshot {snapshot.snapshot_id} "
-                           f"(window {spec.data.evaluation_start} .. {spec.data.evaluation_end})")
     meta = {"model": manifest.name, "version": manifest.version, "sha256": manifest.sha256,
             "flavor": manifest.flavor, "snapshot_id": snapshot.snapshot_id, "rows": rows,
-            "path": out_rel, "score_columns": cols}
+            "path": out_rel, "score_columns": cols, "inputs": inputs}
     lake.write_json(meta_rel, meta)
     return {**meta, "cached": False, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _scoring_inputs(spec: EvalSpec, manifest: ModelManifest) -> dict:
+    """What, besides the artifact and the snapshot, determines a predictions file (the cache key)."""
+    return {"evaluation_start": spec.data.evaluation_start.isoformat() if spec.data.evaluation_start else None,
+            "evaluation_end": spec.data.evaluation_end.isoformat() if spec.data.evaluation_end else None,
+            "id": spec.columns.id, "timestamp": spec.columns.timestamp, "task_type": spec.task_type,
+            "features": [] if manifest.flavor == "predictions" else list(spec.columns.features),
+            "score_columns": score_columns(spec)}
 
 
 def _schema(spec: EvalSpec, cols: list[str], snapshot: Snapshot) -> pa.Schema:

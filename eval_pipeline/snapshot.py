@@ -133,7 +133,14 @@ def refresh_snapshot(lake: Lake, spec: EvalSpec) -> Snapshot:
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise DataError(f"files under {lake.uri(source_prefix(lake, spec))} have incompatible column types: {exc}") from None
+        # Name the file(s) and column(s) that disagree with the first file, not just Arrow's "Field a ...".
+        first = tables[0].schema
+        diffs = [f"{lake.uri(f['rel'])}: column {field.name!r} is {field.type}, but {lake.uri(files[0]['rel'])} "
+                 f"has {first.field(field.name).type}"
+                 for f, t in zip(files[1:], tables[1:]) for field in t.schema
+                 if field.type != first.field(field.name).type]
+        raise DataError(f"files under {lake.uri(source_prefix(lake, spec))} have incompatible column types: "
+                        + ("; ".join(diffs[:5]) or str(exc))) from None
     sort_keys = ([(spec.columns.timestamp, "ascending")] if spec.columns.timestamp else []) + [(spec.columns.id, "ascending")]
     table = table.sort_by(sort_keys).replace_schema_metadata(None)
 
