@@ -67,49 +67,6 @@ def undefined_reason(metric: str, n: int, P: int, tp: int, fp: int) -> str | Non
     return None
 
 
-def row_losses(s: np.ndarray, y: np.ndarray):
-    p1 = np.clip(s, EPS, 1 - EPS)
-    p0 = np.clip(1 - s, EPS, 1 - EPS)
-    ll = np.where(y == 1, -np.log(p1), -np.log(p0))
-    br = (s - y) ** 2
-    return ll, br
-
-
-def exact_slice(s, y, ll, br, eceb, n_ece, threshold) -> tuple[dict, dict]:
-    """Exact metrics of one slice from its rows sorted by (score, label). Returns (values, counts)."""
-    n = int(s.size)
-    cumy = np.cumsum(y, dtype=np.int64)
-    P = int(cumy[-1]) if n else 0
-    N = n - P
-    idx = int(np.searchsorted(s, threshold, side="left"))
-    fn = int(cumy[idx - 1]) if idx > 0 else 0
-    tp = P - fn
-    fp = (n - idx) - tp
-    tn = idx - fn
-    vals = {k: float(v) for k, v in count_metrics(*(np.array(x, dtype=np.float64) for x in (tp, fp, tn, fn))).items()}
-    auc = ap = ll_m = br_m = ece = np.nan
-    if n:
-        ends = np.append(np.flatnonzero(s[1:] != s[:-1]), n - 1)
-        cp = cumy[ends]
-        cn = ends + 1 - cp
-        pos_g = np.diff(cp, prepend=0)
-        neg_g = np.diff(cn, prepend=0)
-        if P and N:
-            u2 = int(np.sum(pos_g * (2 * (cn - neg_g) + neg_g)))
-            auc = u2 / (2 * P * N)
-        if P:
-            tp_ge = P - (cp - pos_g)
-            tot_ge = n - (ends + 1 - (pos_g + neg_g))
-            ap = float(np.sum(pos_g * (tp_ge / tot_ge))) / P
-        ll_m = float(np.sum(ll)) / n
-        br_m = float(np.sum(br)) / n
-        ysum = np.bincount(eceb, weights=y.astype(np.float64), minlength=n_ece)
-        ssum = np.bincount(eceb, weights=s, minlength=n_ece)
-        ece = float(np.sum(np.abs(ysum - ssum))) / n
-    vals.update({"roc_auc": auc, "average_precision": ap, "log_loss": ll_m, "brier": br_m, "ece": ece})
-    return vals, {"n": n, "P": P, "tp": tp, "fp": fp}
-
-
 def hist_metrics(pos, neg, tb, ll, br, ysum_e, ssum_e) -> dict:
     """Metrics from weighted histograms. pos/neg: (..., G) weights per score bin (ascending); tb: first predicted-
     positive bin; ll/br: (...) weighted loss sums; ysum_e/ssum_e: (..., E) per ECE bin."""
