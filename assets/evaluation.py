@@ -8,13 +8,15 @@ every later step of the same evaluation reads the same data even if a refresh la
 import dagster as dg
 
 from eval_pipeline import pipeline
-from eval_pipeline.snapshot import load_snapshot
+from eval_pipeline.registry import RegistryError
+from eval_pipeline.scoring import ScoringError
+from eval_pipeline.snapshot import DataError, load_snapshot
 from eval_pipeline.spec import EvalSpec
 from resources import LakeResource, SettingsResource
 
 from .common import key, md_table, task_context, versions_partitions
 
-KEY_METRICS = 4
+INPUT_ERRORS = (ScoringError, RegistryError, DataError, pipeline.EvaluationError)
 
 
 def _pin_path(ctx, version: str) -> str:
@@ -65,7 +67,12 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
         if note:
             context.log.warning(note)
         ctx.lake.write_json(_pin_path(ctx, version), {"snapshot_id": snap.snapshot_id})
-        scored = pipeline.score(ctx, snap, version)
+        try:
+            scored = pipeline.score(ctx, snap, version)
+        except INPUT_ERRORS as exc:
+            # Bad input does not heal on a retry (a tampered file, a model that raises): fail once, clearly.
+            # Transient storage faults (OSError and friends) still get the retry policy.
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
         for role, s in scored.items():
             how = "(cached)" if s["cached"] else f"in {s.get('seconds')} s"
             context.log.info(f"{role} {s['model']}@{s['version']}: {s['rows']} rows {how}")
@@ -88,7 +95,10 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
         result = pipeline.compute_metrics(ctx, snap, version)
         metrics = result.to_dict()
         slices = metrics["slices"]
+        for warning in metrics.get("warnings", []):
+            context.log.warning(warning)
         return dg.MaterializeResult(metadata={
+            "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in metrics.get("warnings", [])) or "none"),
             "snapshot_id": snap.snapshot_id,
             "rows": metrics["n_rows"],
             "slices_evaluated": sum(1 for s in slices if s.get("status") == "ok"),

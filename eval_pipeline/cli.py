@@ -76,12 +76,13 @@ def _instance(dagster_home: str | None):
 
     home = dagster_home or os.environ.get("DAGSTER_HOME")
     if home:
-        Path(home).mkdir(parents=True, exist_ok=True)
-        os.environ["DAGSTER_HOME"] = str(Path(home).resolve())
-        yaml_path = Path(home) / "dagster.yaml"
+        # Opened from its folder, without touching the process environment (a later call may use another home).
+        home_path = Path(home).resolve()
+        home_path.mkdir(parents=True, exist_ok=True)
+        yaml_path = home_path / "dagster.yaml"
         if not yaml_path.exists():
             yaml_path.write_text("telemetry:\n  enabled: false\n")
-        return dg.DagsterInstance.get()
+        return dg.DagsterInstance.from_config(str(home_path))
     return dg.DagsterInstance.ephemeral()
 
 

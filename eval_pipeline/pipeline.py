@@ -68,9 +68,7 @@ def package_versions() -> dict[str, str]:
 
 # -- dataset and data quality ----------------------------------------------------------------------------------------
 def refresh(ctx: TaskContext) -> Snapshot:
-    snap = refresh_snapshot(ctx.lake, ctx.spec)
-    ctx.lake.write_text(f"{snap.folder}/spec.yaml", spec_text_from(ctx.spec))
-    return snap
+    return refresh_snapshot(ctx.lake, ctx.spec)
 
 
 def quality_paths(ctx: TaskContext, snap: Snapshot) -> tuple[str, str]:
@@ -282,7 +280,9 @@ def build_result(ctx: TaskContext, snap: Snapshot, version: str) -> dict:
 def decide(ctx: TaskContext, snap: Snapshot, version: str) -> dict:
     """Write the result JSON and one line of metric history. Returns the result dict."""
     result = build_result(ctx, snap, version)
-    ctx.lake.write_json(f"{evaluation_dir(ctx, version, snap)}/result.json", result)
+    folder = evaluation_dir(ctx, version, snap)
+    ctx.lake.write_text(f"{folder}/spec.yaml", spec_text_from(ctx.spec))  # what asked for this result
+    ctx.lake.write_json(f"{folder}/result.json", result)
     metrics_dict = result["metrics"]
     ctx.lake.write_json(f"history/{ctx.task}/{ctx.model_name}/{version}-{snap.snapshot_id}.json", {
         "task": ctx.task, "model": ctx.model_name, "version": version, "snapshot_id": snap.snapshot_id,

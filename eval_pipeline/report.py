@@ -104,6 +104,9 @@ def render_markdown(result: dict, quality: dict, drift: dict | None, spec: EvalS
     parts += ["## All gates", "", _md_table(GATE_HEADER, gate_rows(result)) if result["gates"] else "_no gates_", ""]
     header, rows = slice_rows(result)
     parts += ["## Metrics overall and per slice", "", _md_table(header, rows), ""]
+    warnings = result["metrics"].get("warnings", [])
+    if warnings:
+        parts += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     stats = quality.get("statistics", {})
     parts += ["## Data quality", "",
               f"{'Passed' if quality.get('success') else 'FAILED'}: {stats.get('successful_expectations', '?')} of "
@@ -161,6 +164,9 @@ def render_html(result: dict, quality: dict, drift: dict | None, spec: EvalSpec 
                  _html_table(GATE_HEADER, gate_rows(result), 3) if result["gates"] else "<p>No gates.</p>"]
     header, rows = slice_rows(result, result["metrics"].get("metrics"))
     sections += ["<h2>Metrics overall and per slice</h2>", _html_table(header, rows)]
+    warnings = result["metrics"].get("warnings", [])
+    if warnings:
+        sections += ["<h2>Warnings</h2>", "<ul>" + "".join(f"<li>{e(w)}</li>" for w in warnings) + "</ul>"]
     stats = quality.get("statistics", {})
     failed = [r["message"] for r in quality.get("results", []) if not r.get("success")]
     sections += ["<h2>Data quality</h2>",
