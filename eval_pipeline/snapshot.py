@@ -151,9 +151,8 @@ def refresh_snapshot(lake: Lake, spec: EvalSpec) -> Snapshot:
     content_hash = fingerprint.hexdigest()
     snapshot_id = content_hash[:16]
     snap_folder = f"snapshots/{spec.task}/{snapshot_id}"
-    if lake.exists(f"{snap_folder}/manifest.json"):
-        manifest = lake.read_json(f"{snap_folder}/manifest.json")
-    else:
+    manifest = _reusable_manifest(lake, snap_folder)
+    if manifest is None:
         lake.write_parquet(f"{snap_folder}/data.parquet", table)
         time_range = None
         if spec.columns.timestamp and table.num_rows:
@@ -169,6 +168,16 @@ def refresh_snapshot(lake: Lake, spec: EvalSpec) -> Snapshot:
         lake.write_json(f"{snap_folder}/manifest.json", manifest)
     lake.write_json(f"snapshots/{spec.task}/latest.json", {"snapshot_id": snapshot_id})
     return Snapshot(spec.task, snapshot_id, manifest)
+
+
+def _reusable_manifest(lake: Lake, folder: str) -> dict | None:
+    """The manifest of an existing snapshot whose data file is intact (its sha256 matches); None to rebuild it."""
+    try:
+        manifest = lake.read_json(f"{folder}/manifest.json")
+        data = lake.read_bytes(f"{folder}/data.parquet")
+    except (FileNotFoundError, LakeError):
+        return None
+    return manifest if hashlib.sha256(data).hexdigest() == manifest.get("data_sha256") else None
 
 
 def load_snapshot(lake: Lake, task: str, snapshot_id: str | None = None) -> Snapshot:

@@ -177,3 +177,13 @@ def test_predictions_with_duplicate_ids(toy):
     m = _register_predictions(reg, "1", dup)
     with pytest.raises(ScoringError, match=r"1 duplicate id\(s\), e.g. row=3"):
         score_model(lake, reg, spec, snap, m)
+
+
+def test_corrupted_snapshot_is_rebuilt_by_the_next_refresh(toy):
+    lake, frame, spec = toy
+    snap = refresh_snapshot(lake, spec)
+    good = lake.read_bytes(snap.data_path)
+    lake.write_bytes(snap.data_path, good[: len(good) // 3])
+    again = refresh_snapshot(lake, spec)
+    assert again.snapshot_id == snap.snapshot_id
+    assert lake.read_bytes(snap.data_path) == good
