@@ -280,6 +280,19 @@ def landing_fingerprint(lake: Lake, spec: EvalSpec) -> tuple[str, int]:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest(), len(rows)
 
 
+def _landing_zone_is_snapshotted(lake: Lake, spec: EvalSpec) -> bool:
+    """True when the latest snapshot was built from exactly the files (paths and sizes) now in the landing zone."""
+    snapshot_id = latest_snapshot_id(lake, spec.task)
+    if snapshot_id is None:
+        return False
+    try:
+        manifest = lake.read_json(f"snapshots/{spec.task}/{snapshot_id}/manifest.json")
+        landed = {(f["rel"], f.get("size")) for f in list_source_files(lake, spec)}
+    except (FileNotFoundError, LakeError, DataError):
+        return False
+    return landed == {(f["path"], f.get("size")) for f in manifest.get("source_files", [])}
+
+
 def new_data_tick(context, lake: Lake, spec: EvalSpec, run_config: dict | None = None):
     cursor = _load_cursor(context.cursor)
     try:
@@ -290,6 +303,8 @@ def new_data_tick(context, lake: Lake, spec: EvalSpec, run_config: dict | None =
     if n_files == 0:
         return dg.SensorResult(skip_reason=f"no data files under {spec.data.source}",
                                cursor=_dump_cursor({"last_run": last_run, "last_seen": fingerprint}))
+    if last_run is None and _landing_zone_is_snapshotted(lake, spec):
+        last_run = fingerprint  # a fresh cursor (new deployment) over data the latest snapshot already holds
     if fingerprint == last_run:
         return dg.SensorResult(skip_reason=f"no new files ({n_files} already refreshed)",
                                cursor=_dump_cursor({"last_run": last_run, "last_seen": fingerprint}))

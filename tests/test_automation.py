@@ -229,6 +229,23 @@ def test_burst_of_files_makes_one_refresh(auto, lake, instance, spec):
     assert not r6.run_requests and len(r7.run_requests) == 1 and r7.run_requests[0].run_key != req.run_key
 
 
+def test_fresh_cursor_over_already_snapshotted_files_requests_nothing(auto, lake, instance, spec):
+    """A new deployment (or a wiped cursor) must not re-refresh data the latest snapshot already holds."""
+    sensor = auto["sensors"]["new_data_sensor"]
+    for i in range(2):
+        lake.write_bytes(f"incoming/auto/2024-0{i + 1}.parquet", b"x" * (i + 1))
+    lake.write_json("snapshots/auto/latest.json", {"snapshot_id": "s1"})
+    lake.write_json("snapshots/auto/s1/manifest.json", {"source_files": [
+        {"path": f["rel"], "size": f["size"]} for f in lake.find("incoming/auto")]})
+    r1 = tick(sensor, instance, lake)
+    r2 = tick(sensor, instance, lake, r1.cursor)
+    assert not r1.run_requests and not r2.run_requests and "no new files" in skip_text(r2)
+    lake.write_bytes("incoming/auto/2024-03.parquet", b"new month")
+    r3 = tick(sensor, instance, lake, r2.cursor)
+    r4 = tick(sensor, instance, lake, r3.cursor)
+    assert not r3.run_requests and len(r4.run_requests) == 1
+
+
 # -- re-evaluation sensor ---------------------------------------------------------------------------------------------
 def _partitions(instance, *versions):
     instance.add_dynamic_partitions(PARTS, list(versions))
