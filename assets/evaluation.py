@@ -7,7 +7,7 @@ every later step of the same evaluation reads the same data even if a refresh la
 
 import dagster as dg
 
-from eval_pipeline import pipeline
+from eval_pipeline import pipeline, report
 from eval_pipeline.registry import RegistryError
 from eval_pipeline.scoring import ScoringError
 from eval_pipeline.snapshot import DataError, load_snapshot
@@ -126,10 +126,7 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
             "candidate": result["candidate"]["ref"],
             "baseline": result["baseline"]["ref"] if result["baseline"] else "none (monitoring)",
             **{f"gates_{k.lower()}": int(v) for k, v in counts.items()},
-            "gates": dg.MetadataValue.md(md_table(
-                ["metric", "slice", "outcome", "candidate", "baseline", "delta", "interval", "n", "rule"],
-                [[g["metric"], g["slice"], g["outcome"], _f(g.get("value")), _f(g.get("baseline_value")),
-                  _f(g.get("delta")), _ci(g.get("ci")), g.get("n"), g.get("rule", "")] for g in result["gates"]])),
+            "gates": dg.MetadataValue.md(md_table(report.GATE_HEADER, report.gate_rows(result))),
             "result_json": dg.MetadataValue.path(result["paths"]["result"]),
         })
 
@@ -193,10 +190,3 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
 
     return [predictions, evaluation, release_gates, gates_pass, decision_report, champion_promotion]
 
-
-def _f(v) -> str:
-    return "—" if v is None else f"{v:.4f}"
-
-
-def _ci(ci) -> str:
-    return "—" if not ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
