@@ -23,6 +23,11 @@ Bootstrap (Poisson, seeded, reproducible bit for bit):
   Intervals are percentile intervals of the (recentred) replicates; measured coverage is in tests/engine.
 Memory: O(rows) for binary (8 bytes per row per model: the sorted scores needed for *exact* AUC/AP) and for
 multiclass/regression (the reduced per-row values); the bootstrap itself is O(cells), independent of rows.
+Opt-in external memory for binary (``evaluate(..., spill_dir=..., spill_rows=2_000_000)`` or the environment
+variables ``EVAL_ENGINE_SPILL_ROWS`` / ``EVAL_ENGINE_SPILL_DIR``; :mod:`.spill`): the sorted score runs go to temp
+files (8 bytes per row per model on disk, removed afterwards) and the exact metrics are computed by a k-way merge
+with numpy's summation order reproduced, so results are bit-identical to the in-memory mode while RAM is bounded by
+``spill_rows`` per worker, not by rows.
 """
 from .config import GateDef, SliceConfig
 from .errors import EngineInputError

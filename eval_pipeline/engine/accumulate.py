@@ -14,6 +14,8 @@ Memory: the store is O(rows): binary keeps 8 bytes per row per model (the sorted
 atom; see :mod:`.binary_cells`); multiclass keeps ~6 bytes per row plus 3 per model; regression 12 bytes plus 8 per
 model. This is the price of *exact* rank metrics (ROC AUC and average precision need the full multiset of scores;
 no bounded-memory summary gives them exactly). The bootstrap cells are O(atoms x bins), independent of rows.
+Binary only: with ``Spec.spill`` set (:mod:`.spill`) the runs are written to temp files whenever an accumulator holds
+``spill_rows`` rows of them, so RAM stays bounded; the numbers do not change.
 """
 from __future__ import annotations
 
@@ -144,6 +146,7 @@ class Spec:
     families: list = field(default_factory=list)  # tuples of roles sharing bootstrap cells (paired models)
     grid: np.ndarray | None = None  # binary: score-bin edges of the bootstrap cells
     ece_bins: int = 10
+    spill: object = None  # binary: a :class:`.spill.SpillConfig` (opt-in external-memory mode) or None
 
 
 @dataclass
@@ -154,6 +157,7 @@ class Accumulator:
     chunks: list = field(default_factory=list)  # multiclass/regression: list of dicts of per-row arrays
     runs: dict = field(default_factory=dict)  # binary: role -> atom id -> list of sorted (score, label) keys
     cells: dict = field(default_factory=dict)  # binary: family index -> list of (keys, counts, int sums)
+    mem_rows: int = 0  # binary + spill mode: rows of runs held in memory since the last spill
 
 
 class Combiner:

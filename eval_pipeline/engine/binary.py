@@ -195,11 +195,19 @@ def compute(merged, slices, *, metrics, threshold, ece_bins, n_boot, seed, famil
         why = {m: [None] * S for m in metrics}
         npos = np.zeros(S, dtype=np.int64)
         atom_keys = {}
-        for aid in range(n_atoms):  # one sorted array per atom; drop the runs as we go to bound peak memory
-            atom_keys[aid] = _slice_keys(merged, role, [aid])
-            merged.runs.get(role, {}).pop(aid, None)
-        stats = {aid: _atom_stats((k >> 1).view(np.float64), (k & 1).astype(np.int8), threshold, ece_edges)
-                 for aid, k in atom_keys.items()}
+        cfg = spec.spill
+        if cfg is not None:  # external-memory mode (.spill): same numbers, bounded memory
+            from . import spill as _sp
+
+            role_runs = merged.runs.get(role, {})
+            stats = {aid: _sp.atom_stats(role_runs.get(aid, []), threshold, ece_edges, cfg.rows, cfg.budget)
+                     for aid in range(n_atoms)}
+        else:
+            for aid in range(n_atoms):  # one sorted array per atom; drop the runs as we go to bound peak memory
+                atom_keys[aid] = _slice_keys(merged, role, [aid])
+                merged.runs.get(role, {}).pop(aid, None)
+            stats = {aid: _atom_stats((k >> 1).view(np.float64), (k & 1).astype(np.int8), threshold, ece_edges)
+                     for aid, k in atom_keys.items()}
         for j in range(S):
             atoms = np.flatnonzero(atom_in[:, j])
             st = [stats[int(a)] for a in atoms]
@@ -218,7 +226,10 @@ def compute(merged, slices, *, metrics, threshold, ece_bins, n_boot, seed, famil
             else:
                 v["log_loss"] = v["brier"] = v["ece"] = np.nan
             v["roc_auc"] = v["average_precision"] = np.nan
-            if want_rank and n:
+            if want_rank and n and cfg is not None:
+                runs = [r for a in atoms for r in role_runs.get(int(a), [])]
+                v["roc_auc"], v["average_precision"] = _sp.rank_metrics(runs, n, P, cfg.rows, cfg.budget, cfg)
+            elif want_rank and n:
                 if atoms.size == 1:
                     key = atom_keys[int(atoms[0])]
                 else:
@@ -231,6 +242,8 @@ def compute(merged, slices, *, metrics, threshold, ece_bins, n_boot, seed, famil
                 vals[m][j] = v[m]
                 why[m][j] = undefined_reason(m, n, P, tp, fp) if np.isnan(v[m]) else None
         del atom_keys
+        if cfg is not None:
+            merged.runs.pop(role, None)
         values[role], reasons[role] = vals, why
         counts_info[role] = npos
     reps = {}

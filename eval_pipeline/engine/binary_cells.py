@@ -79,6 +79,10 @@ def add_binary(spec, acc, chunk):
         runs = acc.runs.setdefault(role, {})
         for aid, lo, hi in segs:
             runs.setdefault(aid, []).append(np.sort(key[lo:hi]))
+    if spec.spill is not None:
+        from .spill import maybe_spill
+
+        maybe_spill(spec, acc, n)
     for f, fam in enumerate(spec.families):
         ckey = atom.astype(np.int64) * 2 + y
         sums = []
@@ -123,6 +127,10 @@ def merge_binary(spec, out, a, lut):
 
 def finish_binary(spec, acc, merged, lut):
     n_atoms = len(merged.atom_values)
+    if spec.spill is not None:  # external-memory mode: everything goes to disk before the extract step
+        from .spill import spill_accumulator
+
+        spill_accumulator(spec, acc)
     merged.runs = {role: {int(lut[aid]): lst for aid, lst in runs.items()} for role, runs in acc.runs.items()}
     for f, fam in enumerate(spec.families):
         lst = acc.cells.get(f, [])

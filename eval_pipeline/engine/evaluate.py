@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import binary, multiclass, regression
+from . import spill as spill_mod
 from .accumulate import Combiner, Spec, _as_batch_list
 from .binary_cells import score_grid
 from .bootstrap import percentile_ci
@@ -129,8 +130,15 @@ def _families(roles, baseline, candidate):
 
 
 def make_combiner(*, task_type, label, predictions, slices: SliceConfig, threshold=0.5, classes=None, top_k=3,
-                  ece_bins=10, baseline="baseline", candidate="candidate") -> Combiner:
-    """The streaming combiner (create_accumulator / add_batch / merge_accumulators) for one evaluation."""
+                  ece_bins=10, baseline="baseline", candidate="candidate", spill_dir=None,
+                  spill_rows=None) -> Combiner:
+    """The streaming combiner (create_accumulator / add_batch / merge_accumulators) for one evaluation.
+
+    ``spill_dir`` / ``spill_rows`` (or the environment variables ``EVAL_ENGINE_SPILL_DIR`` /
+    ``EVAL_ENGINE_SPILL_ROWS``): opt-in external-memory mode for binary tasks (:mod:`.spill`) — each accumulator
+    writes its sorted score runs to a private temp directory under ``spill_dir`` (default: the system temp dir)
+    once it holds ``spill_rows`` rows (default 2,000,000); results are bit-identical to the in-memory mode.
+    :func:`evaluate_accumulator` removes the temp files."""
     validate_config(slices)
     roles = list(predictions)
     spec = Spec(task_type=task_type, label=label, roles=roles, pred_columns=dict(predictions),
@@ -138,16 +146,22 @@ def make_combiner(*, task_type, label, predictions, slices: SliceConfig, thresho
                 threshold=float(threshold), classes=list(classes) if classes is not None else None, top_k=int(top_k),
                 families=_families(roles, baseline, candidate), grid=score_grid(float(threshold), int(ece_bins)),
                 ece_bins=int(ece_bins))
+    if task_type == BINARY:
+        spec.spill = spill_mod.resolve(spill_dir, spill_rows)
     return Combiner(spec)
 
 
 def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = SliceConfig(), metrics,
              threshold=0.5, classes=None, top_k=3, ece_bins=10, n_boot=1000, seed=0, confidence=0.95,
-             baseline="baseline", candidate="candidate", workers=None) -> EvaluationResult:
+             baseline="baseline", candidate="candidate", workers=None, spill_dir=None,
+             spill_rows=None) -> EvaluationResult:
     """Evaluate one or more models (roles) on streamed batches; see the module docstring.
 
     ``workers`` (default: min(2, CPUs)) accumulators consume the batches round-robin on threads and are merged at
-    the end; the result does not depend on it (merging is order-free)."""
+    the end; the result does not depend on it (merging is order-free).
+
+    ``spill_dir`` / ``spill_rows``: opt-in external-memory mode for binary tasks, bit-identical results with memory
+    bounded independently of rows (see :func:`make_combiner` and :mod:`.spill`); temp files are removed at the end."""
     metrics = list(metrics)
     predictions = dict(predictions)
     # None means "the default" (callers pass spec fields that only apply to some task types)
@@ -161,10 +175,13 @@ def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = Sl
               baseline, candidate)
     comb = make_combiner(task_type=task_type, label=label, predictions=predictions, slices=slices,
                          threshold=threshold, classes=classes, top_k=top_k, ece_bins=ece_bins, baseline=baseline,
-                         candidate=candidate)
-    acc = _consume(comb, _as_batch_list(batches), workers)
-    res = evaluate_accumulator(comb, acc, slices=slices, metrics=metrics, n_boot=n_boot, seed=seed,
-                               confidence=confidence)
+                         candidate=candidate, spill_dir=spill_dir, spill_rows=spill_rows)
+    try:
+        acc = _consume(comb, _as_batch_list(batches), workers)
+        res = evaluate_accumulator(comb, acc, slices=slices, metrics=metrics, n_boot=n_boot, seed=seed,
+                                   confidence=confidence)
+    finally:
+        spill_mod.cleanup(comb.spec)
     if res.baseline is None and res.candidate is None and candidate in predictions:
         res.candidate = candidate
     return res
@@ -222,6 +239,13 @@ def evaluate_accumulator(comb: Combiner, acc, *, slices, metrics, n_boot=1000, s
     if bad:
         raise EngineInputError(f"metric '{bad[0]}' is not available for {spec.task_type}; "
                                f"valid metrics: {metrics_for(spec.task_type)}")
+    try:
+        return _extract(comb, acc, spec, slices, metrics, n_boot, seed, confidence, ece_bins, baseline, candidate)
+    finally:
+        spill_mod.cleanup(spec)
+
+
+def _extract(comb, acc, spec, slices, metrics, n_boot, seed, confidence, ece_bins, baseline, candidate):
     merged = comb.finish(acc)
     sdefs, warnings = build_slices(merged, slices)
     roles = spec.roles

@@ -1,0 +1,453 @@
+"""Opt-in external-memory mode for the binary accumulator (exact, bit-identical to the in-memory mode).
+
+Enabled by ``evaluate(..., spill_dir=..., spill_rows=...)`` (or ``make_combiner``; or the environment variables
+``EVAL_ENGINE_SPILL_ROWS`` / ``EVAL_ENGINE_SPILL_DIR``). Only the binary task spills; multiclass / regression stay
+in memory.
+
+Accumulate: once an accumulator holds ``spill_rows`` rows of sorted (score, label) keys in memory, for every model
+role the runs of each atom are merged (concatenate + sort) and appended to one raw little-endian int64 file in a
+private temp directory; the accumulator keeps only :class:`SpilledRun` references (file, offset, length). ``finish``
+spills what is left, so the extract step starts with every key on disk. The temp directory is removed by
+:func:`cleanup` (``evaluate`` / ``evaluate_accumulator`` call it in a ``finally``; a ``weakref.finalize`` is the
+backstop).
+
+Extract: an atom or slice with at most ``spill_rows`` rows is loaded, sorted and handed to the very functions of the
+in-memory mode. A larger one is streamed: a k-way merge of its sorted runs (:func:`merge_chunks`, bounded buffers
+per run, read with ``np.fromfile`` — no memory map, so pages read do not stay resident) yields sorted chunks of keys;
+tie groups may straddle chunk boundaries (a carried last group). Floating-point sums reproduce numpy's summation
+order exactly: ``np.sum`` of a contiguous float64 vector is numpy's pairwise summation (blocks of <= 128 summed with
+8 accumulators, halves split at multiples of 8) and ``np.add.reduceat`` of a segment is ``first + pairwise(rest)``;
+:class:`PairwiseSum` evaluates that same tree on a stream, given the length up front (atom sizes and per-ECE-bin
+counts are known from the runs; the AP terms are written to a temp file and summed after their count is known).
+Integer quantities (counts, Mann-Whitney U) are order-free. Result: bit-identical numbers, and memory bounded by
+``spill_rows`` and the merge budget, not by rows.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+import weakref
+
+import numpy as np
+
+PW_BLOCK = 128  # numpy's PW_BLOCKSIZE
+DEFAULT_SPILL_ROWS = 2_000_000
+MAX_MERGE = 1 << 20  # keys per merged chunk (upper bound)
+INF_KEY = np.iinfo(np.int64).max
+
+
+# ----------------------------------------------------------------------------------------------- configuration
+class SpillConfig:
+    """Where and when to spill; owns the (lazily created) private temp directory."""
+
+    def __init__(self, spill_dir: str | None, spill_rows: int):
+        if int(spill_rows) < 1:
+            from .errors import EngineInputError
+
+            raise EngineInputError(f"spill_rows: expected an integer >= 1, got {spill_rows!r}")
+        self.parent = spill_dir
+        self.rows = int(spill_rows)
+        self._dir = None
+        self._lock = threading.Lock()
+        self._fin = None
+
+    @property
+    def dir(self) -> str:
+        with self._lock:
+            if self._dir is None or not os.path.isdir(self._dir):
+                if self.parent is not None:
+                    os.makedirs(self.parent, exist_ok=True)
+                self._dir = tempfile.mkdtemp(prefix="eval_engine_spill_", dir=self.parent)
+                self._fin = weakref.finalize(self, shutil.rmtree, self._dir, True)
+            return self._dir
+
+    def new_path(self, suffix=".i64") -> str:
+        return os.path.join(self.dir, uuid.uuid4().hex + suffix)
+
+    def cleanup(self):
+        with self._lock:
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._dir = None
+
+    @property
+    def budget(self) -> int:
+        return max(16, min(self.rows, MAX_MERGE))
+
+
+def resolve(spill_dir=None, spill_rows=None) -> SpillConfig | None:
+    """None (in-memory) unless ``spill_dir`` / ``spill_rows`` or ``EVAL_ENGINE_SPILL_ROWS`` / ``_DIR`` is set."""
+    if spill_dir is None and spill_rows is None:
+        env_rows = os.environ.get("EVAL_ENGINE_SPILL_ROWS")
+        env_dir = os.environ.get("EVAL_ENGINE_SPILL_DIR")
+        if not env_rows and not env_dir:
+            return None
+        spill_rows = int(env_rows) if env_rows else None
+        spill_dir = env_dir or None
+    return SpillConfig(spill_dir, DEFAULT_SPILL_ROWS if spill_rows is None else spill_rows)
+
+
+def cleanup(spec):
+    cfg = getattr(spec, "spill", None)
+    if cfg is not None:
+        cfg.cleanup()
+
+
+# ----------------------------------------------------------------------------------------------- runs on disk
+class SpilledRun:
+    """A sorted run of int64 keys stored in a raw file at ``offset`` (elements)."""
+
+    __slots__ = ("path", "offset", "size")
+
+    def __init__(self, path, offset, size):
+        self.path, self.offset, self.size = path, int(offset), int(size)
+
+    def read(self, start=0, count=None) -> np.ndarray:
+        count = self.size - start if count is None else min(count, self.size - start)
+        if count <= 0:
+            return np.zeros(0, np.int64)
+        return np.fromfile(self.path, dtype="<i8", count=count, offset=8 * (self.offset + start)).astype(
+            np.int64, copy=False)
+
+    def count_below(self, key: int) -> int:
+        """Number of elements < key (binary search with single-element reads)."""
+        lo, hi = 0, self.size
+        with open(self.path, "rb") as f:
+            while lo < hi:
+                mid = (lo + hi) // 2
+                f.seek(8 * (self.offset + mid))
+                v = int(np.frombuffer(f.read(8), dtype="<i8")[0])
+                if v < key:
+                    lo = mid + 1
+                else:
+                    hi = mid
+        return lo
+
+
+def _load(run) -> np.ndarray:
+    return run if isinstance(run, np.ndarray) else run.read()
+
+
+def _count_below(run, key: int) -> int:
+    if isinstance(run, np.ndarray):
+        return int(np.searchsorted(run, key, side="left"))
+    return run.count_below(key)
+
+
+def spill_accumulator(spec, acc):
+    """Write every in-memory run of ``acc`` to disk (one file per role, atoms consecutive, each atom sorted)."""
+    cfg = spec.spill
+    for role, runs in acc.runs.items():
+        path = None
+        f = None
+        off = 0
+        try:
+            for aid in sorted(runs):
+                lst = runs[aid]
+                mem = [x for x in lst if isinstance(x, np.ndarray) and x.size]
+                if not mem:
+                    runs[aid] = [x for x in lst if not isinstance(x, np.ndarray)]
+                    continue
+                k = mem[0] if len(mem) == 1 else np.sort(np.concatenate(mem))
+                if f is None:
+                    path = cfg.new_path()
+                    f = open(path, "wb")
+                k.astype("<i8", copy=False).tofile(f)
+                runs[aid] = [x for x in lst if not isinstance(x, np.ndarray)] + [SpilledRun(path, off, k.size)]
+                off += k.size
+                del k, mem
+        finally:
+            if f is not None:
+                f.close()
+    acc.mem_rows = 0
+
+
+def maybe_spill(spec, acc, n_new: int):
+    if getattr(spec, "spill", None) is None:
+        return
+    acc.mem_rows += n_new
+    if acc.mem_rows >= spec.spill.rows:
+        spill_accumulator(spec, acc)
+
+
+# ----------------------------------------------------------------------------------------------- k-way merge
+class _Reader:
+    def __init__(self, run, m):
+        self.run, self.m = run, m
+        self.next = 0  # index in run of the first element not yet in buf
+        self.buf = np.zeros(0, np.int64)
+        self.fill()
+
+    def fill(self):
+        if self.buf.size * 2 >= self.m or self.next >= self.run.size:
+            return
+        want = self.m - self.buf.size
+        if isinstance(self.run, np.ndarray):
+            new = self.run[self.next:self.next + want]
+        else:
+            new = self.run.read(self.next, want)
+        self.next += new.size
+        self.buf = np.concatenate([self.buf, new]) if self.buf.size else new
+
+    @property
+    def done(self):
+        return self.buf.size == 0 and self.next >= self.run.size
+
+    @property
+    def last(self):  # an upper bound on what may be taken now without breaking order
+        return int(self.buf[-1]) if self.next < self.run.size else INF_KEY
+
+
+def merge_chunks(runs, budget):
+    """Yield sorted int64 chunks (each <= ~budget keys) whose concatenation is the sorted union of ``runs``."""
+    runs = [r for r in runs if r.size]
+    if not runs:
+        return
+    m = max(16, budget // len(runs))
+    readers = [_Reader(r, m) for r in runs]
+    while True:
+        readers = [r for r in readers if not r.done]
+        if not readers:
+            return
+        b = min(r.last for r in readers)
+        parts = []
+        for r in readers:
+            k = r.buf.size if b == INF_KEY else int(np.searchsorted(r.buf, b, side="right"))
+            if k:
+                parts.append(r.buf[:k])
+                r.buf = r.buf[k:]
+        chunk = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+        if len(parts) > 1:
+            chunk.sort()
+        for r in readers:
+            r.fill()
+        yield chunk
+
+
+# ----------------------------------------------------------------------------------------------- numpy's summation
+def _leaves(n, lo, out):
+    if n <= PW_BLOCK:
+        out.append((lo, n))
+        return
+    n2 = n // 2
+    n2 -= n2 % 8
+    _leaves(n2, lo, out)
+    _leaves(n - n2, lo + n2, out)
+
+
+def _combine(n, it):
+    if n <= PW_BLOCK:
+        return next(it)
+    n2 = n // 2
+    n2 -= n2 % 8
+    a = _combine(n2, it)
+    b = _combine(n - n2, it)
+    return a + b
+
+
+def _leaf_sums(M: np.ndarray) -> np.ndarray:
+    """numpy's pairwise_sum of each row of M (k, L), L <= 128, with the same operations in the same order."""
+    k, L = M.shape
+    if L < 8:
+        res = np.zeros(k)
+        for j in range(L):
+            res = res + M[:, j]
+        return res
+    r = M[:, :8].copy()
+    i = 8
+    stop = L - L % 8
+    while i < stop:
+        r += M[:, i:i + 8]
+        i += 8
+    res = ((r[:, 0] + r[:, 1]) + (r[:, 2] + r[:, 3])) + ((r[:, 4] + r[:, 5]) + (r[:, 6] + r[:, 7]))
+    for j in range(stop, L):
+        res = res + M[:, j]
+    return res
+
+
+class PairwiseSum:
+    """Streaming float64 sum of exactly ``n`` values, bit-identical to ``np.sum`` of the contiguous vector
+    (``first=False``) or to a segment of ``np.add.reduceat`` (``first=True``: first value + pairwise sum of the
+    rest)."""
+
+    def __init__(self, n: int, first: bool = False):
+        self.n = int(n)
+        self.first = first and self.n > 0
+        self.x0 = None
+        m = self.n - 1 if self.first else self.n
+        self.m = m
+        lv = []
+        _leaves(m, 0, lv)
+        arr = np.array(lv, dtype=np.int64).reshape(-1, 2)
+        self.starts, self.lens = arr[:, 0], arr[:, 1]
+        self.ends = self.starts + self.lens
+        self.sums = np.zeros(len(lv))
+        self.k = 0
+        self.pos = 0
+        self.buf = np.zeros(0)
+        self.fed = 0
+
+    def feed(self, x: np.ndarray):
+        x = np.asarray(x, dtype=np.float64)
+        self.fed += x.size
+        if self.first and self.x0 is None and x.size:
+            self.x0 = float(x[0])
+            x = x[1:]
+        buf = np.concatenate([self.buf, x]) if self.buf.size else x
+        end = self.pos + buf.size
+        k2 = int(np.searchsorted(self.ends, end, side="right"))
+        if k2 > self.k:
+            st = self.starts[self.k:k2] - self.pos
+            ln = self.lens[self.k:k2]
+            out = np.empty(k2 - self.k)
+            for L in np.unique(ln).tolist():
+                sel = np.flatnonzero(ln == L)
+                out[sel] = _leaf_sums(buf[st[sel][:, None] + np.arange(L)[None, :]]) if L else 0.0
+            self.sums[self.k:k2] = out
+            used = int(self.ends[k2 - 1]) - self.pos
+            buf = buf[used:]
+            self.pos += used
+            self.k = k2
+        self.buf = buf.copy() if buf.size else np.zeros(0)
+
+    def result(self) -> float:
+        self.feed(np.zeros(0))
+        if self.fed != self.n or self.k != self.sums.size:
+            raise RuntimeError(f"PairwiseSum: fed {self.fed} of {self.n} values")
+        total = _combine(self.m, iter(self.sums.tolist()))
+        if self.first:
+            return self.x0 + total
+        return total
+
+
+# ----------------------------------------------------------------------------------------------- exact statistics
+def atom_size(runs) -> int:
+    return int(sum(r.size for r in runs))
+
+
+def atom_stats(runs, threshold, ece_edges, limit, budget):
+    """The same dict as ``binary._atom_stats`` for the union of ``runs`` (bit-identical)."""
+    from .binary import EPS, _atom_stats
+
+    n = atom_size(runs)
+    if n <= limit:
+        parts = [_load(r) for r in runs]
+        k = np.sort(np.concatenate(parts)) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, np.int64))
+        return _atom_stats((k >> 1).view(np.float64), (k & 1).astype(np.int8), threshold, ece_edges)
+    E = ece_edges.size - 1
+    inner = ece_edges[1:-1]
+    edge_keys = [int(np.float64(e).view(np.int64)) << 1 for e in inner]  # s < e  <=>  key < (bits(e) << 1)
+    below = np.array([sum(_count_below(r, ek) for r in runs) for ek in edge_keys], dtype=np.int64)
+    bin_n = np.diff(np.concatenate([[0], below, [n]]))
+    ll_sum, br_sum = PairwiseSum(n), PairwiseSum(n)
+    s_sums = [PairwiseSum(int(c), first=True) if c > 0 else None for c in bin_n]
+    ycnt = np.zeros(E, dtype=np.int64)
+    P = idx = fn = 0
+    for key in merge_chunks(runs, budget):
+        s = (key >> 1).view(np.float64)
+        y = (key & 1).astype(np.int8)
+        P += int(np.count_nonzero(y))
+        i = int(np.searchsorted(s, threshold, side="left"))
+        idx += i
+        fn += int(np.count_nonzero(y[:i]))
+        p1 = np.where(y == 1, s, 1 - s)
+        ll_sum.feed(-np.log(np.clip(p1, EPS, 1 - EPS)))
+        br_sum.feed((s - y) ** 2)
+        b = np.concatenate([[0], np.searchsorted(s, inner, side="left"), [s.size]])
+        for e in range(E):
+            lo, hi = int(b[e]), int(b[e + 1])
+            if hi > lo:
+                s_sums[e].feed(s[lo:hi])
+                ycnt[e] += int(np.count_nonzero(y[lo:hi]))
+    ysum = ycnt.astype(np.float64)
+    ssum = np.array([0.0 if ps is None else ps.result() for ps in s_sums])
+    return {"n": n, "P": P, "tp": P - fn, "fp": (n - idx) - (P - fn), "ll": float(ll_sum.result()),
+            "br": float(br_sum.result()), "ysum": ysum, "ssum": ssum}
+
+
+def rank_metrics(runs, n, P, limit, budget, cfg):
+    """``binary._rank_metrics_keys`` of the sorted union of ``runs`` (n rows, P positives), bit-identical."""
+    from .binary import _CHUNK, _rank_metrics_keys
+
+    if n <= limit:
+        parts = [_load(r) for r in runs]
+        k = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if len(parts) > 1:
+            k.sort()
+        return _rank_metrics_keys(k)
+    N = n - P
+    u2 = 0
+    ties = False
+    before = cp_before = 0
+    carry = None  # (score bits, pos, neg) of the last, possibly unfinished, tie group
+    n_terms = 0
+    tpath = cfg.new_path(".ap.f64")
+    tf = open(tpath, "wb")
+
+    def emit(gbits, pos, neg):
+        nonlocal u2, ties, before, cp_before, n_terms
+        cnt = pos + neg
+        if cnt.size == 0:
+            return
+        if not ties and np.any(cnt > 1):
+            ties = True
+        bef = before + np.cumsum(cnt) - cnt
+        cpb = cp_before + np.cumsum(pos) - pos
+        u2 += int(np.sum(pos * (2 * (bef - cpb) + neg)))
+        has = pos > 0
+        tp_ge = P - cpb
+        tot_ge = n - bef
+        t = pos[has] * (tp_ge[has] / tot_ge[has])
+        t.astype("<f8", copy=False).tofile(tf)
+        n_terms += t.size
+        before += int(cnt.sum())
+        cp_before += int(pos.sum())
+
+    try:
+        for key in merge_chunks(runs, budget):
+            sb = key >> 1
+            y = (key & 1).astype(np.int64)
+            starts = np.flatnonzero(np.concatenate([[True], sb[1:] != sb[:-1]]))
+            pos = np.add.reduceat(y, starts)
+            neg = np.diff(np.append(starts, key.size)) - pos
+            gb = sb[starts]
+            if carry is not None:
+                if gb[0] == carry[0]:
+                    pos[0] += carry[1]
+                    neg[0] += carry[2]
+                else:
+                    gb = np.concatenate([[carry[0]], gb])
+                    pos = np.concatenate([[carry[1]], pos])
+                    neg = np.concatenate([[carry[2]], neg])
+            carry = (int(gb[-1]), int(pos[-1]), int(neg[-1]))
+            emit(gb[:-1], pos[:-1], neg[:-1])
+        if carry is not None:
+            emit(np.array([carry[0]]), np.array([carry[1]], np.int64), np.array([carry[2]], np.int64))
+    finally:
+        tf.close()
+    try:
+        if before != n or cp_before != P:
+            raise RuntimeError(f"spill merge saw {before} rows / {cp_before} positives, expected {n} / {P}")
+        auc = ap = np.nan
+        if P:
+            if not ties:
+                if N:
+                    auc = (u2 // 2) / (P * N)
+                tot = 0.0
+                for a in range(0, n_terms, _CHUNK):
+                    tot += float(np.sum(np.fromfile(tpath, dtype="<f8", count=min(_CHUNK, n_terms - a),
+                                                     offset=8 * a)))
+                ap = tot / P
+            else:
+                if N:
+                    auc = u2 / (2 * P * N)
+                ps = PairwiseSum(n_terms)
+                for a in range(0, n_terms, _CHUNK):
+                    ps.feed(np.fromfile(tpath, dtype="<f8", count=min(_CHUNK, n_terms - a), offset=8 * a))
+                ap = float(ps.result()) / P
+        return auc, ap
+    finally:
+        os.remove(tpath)
