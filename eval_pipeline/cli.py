@@ -89,7 +89,6 @@ def _instance(dagster_home: str | None):
 def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagster_home: str | None = None,
                    output: str | None = None) -> tuple[int, dict | None]:
     """Refresh, validate, score, measure, gate, drift and report one candidate through Dagster, in-process."""
-    import dagster as dg
 
     from eval_pipeline import pipeline
     from eval_pipeline.definitions import build_definitions

@@ -11,18 +11,13 @@ which makes re-runs idempotent and results byte-identical.
     history/<task>/<model>/<version>-<snapshot>.json
 """
 
-import datetime as dt
 import logging
-import os
 from dataclasses import dataclass, field
 from importlib import metadata
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
 
 from .lake import Lake
-from .registry import ModelManifest, Registry, RegistryError
+from .registry import ModelManifest, Registry
 from .scoring import predictions_path, score_columns, score_model
 from .snapshot import DataError, Snapshot, eval_rows, load_snapshot, read_window, refresh_snapshot
 from .spec import EvalSpec, spec_text_from

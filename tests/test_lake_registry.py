@@ -1,12 +1,10 @@
 """Lake (atomic writes, path safety) and registry (pinned hashes, manifests, champion, audit)."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 

@@ -1,7 +1,6 @@
 """Gate decisions: rule, outcomes, multiplicity, edge cases."""
 import json
 
-import numpy as np
 import pytest
 
 from eval_pipeline.engine import EngineInputError, GateDef, SliceConfig, apply_gates, evaluate
