@@ -11,7 +11,6 @@ which makes re-runs idempotent and results byte-identical.
     history/<task>/<model>/<version>-<snapshot>.json
 """
 
-import logging
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -21,8 +20,6 @@ from .registry import ModelManifest, Registry
 from .scoring import predictions_path, score_columns, score_model
 from .snapshot import DataError, Snapshot, eval_rows, load_snapshot, read_window, refresh_snapshot
 from .spec import EvalSpec, spec_text_from
-
-log = logging.getLogger("eval_pipeline")
 
 PACKAGES = ("eval-pipeline", "dagster", "pandas", "numpy", "pyarrow", "scikit-learn", "great-expectations",
             "evidently", "s3fs", "skops")
