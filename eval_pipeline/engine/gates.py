@@ -365,7 +365,8 @@ def _power_figures(t: _Test, row: dict, lev_pass: float, lev_fail: float, power:
         # the row's PASS is out of reach whatever the effect: say what is missing instead of a meaningless MDE
         need = math.ceil((1.0 / lev_pass) * (1.0 - _REL_TOL)) - 1
         return se, None, None, (f"; no effect is detectable: with {B} replicates the smallest p-value "
-                                f"1/(B+1) = {1.0 / (B + 1):.4g} > level {lev_pass:.4g} (needs >= {need} defined replicates)")
+                                f"1/(B+1) = {1.0 / (B + 1):.4g} > level {lev_pass:.4g} "
+                                f"(needs >= {need} defined replicates)")
     mde = (_z(1.0 - lev_pass) + zp) * se
     m = row["metric"]
     if row["kind"] == "non_inferiority":
@@ -380,8 +381,8 @@ def _power_figures(t: _Test, row: dict, lev_pass: float, lev_fail: float, power:
         if row["max"] is not None:
             parts.append(f"≤ max - MDE = {row['max'] - mde:.4g}")
         need_txt = f"a true {m} {' and '.join(parts)}"
-    text = (f"; MDE at {power:.0%} power and level {lev_pass:.4g}: {mde:.4g} ({need_txt} would PASS with probability {power:.0%}; "
-            f"se = {se:.4g})")
+    text = (f"; MDE at {power:.0%} power and level {lev_pass:.4g}: {mde:.4g} ({need_txt} would PASS with "
+            f"probability {power:.0%}; se = {se:.4g})")
     n_needed = None
     if row["outcome"] == "INCONCLUSIVE":
         n = row["n"]

@@ -21,3 +21,20 @@ def make_binary(n=3000, seed=0, round_to=None):
 @pytest.fixture
 def binary_df():
     return make_binary()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long seeded simulation variants; skipped unless EVAL_SLOW=1 or "
+                                       "selected with -m slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    # The default run keeps a representative subset (CI time, shared cores); the long variants only add precision.
+    import os
+
+    if os.environ.get("EVAL_SLOW") == "1" or "slow" in (config.getoption("markexpr") or "").replace("not slow", ""):
+        return
+    skip = pytest.mark.skip(reason="slow simulation variant: set EVAL_SLOW=1 or pass -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
