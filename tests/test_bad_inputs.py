@@ -20,13 +20,14 @@ import pytest
 import yaml
 
 from eval_pipeline import cli
-from eval_pipeline.cli import EXIT, run_evaluation
+from eval_pipeline.cli import run_evaluation
 from eval_pipeline.lake import Lake, LakeError
 from eval_pipeline.registry import Registry, RegistryError
 from eval_pipeline.scoring import ScoringError, score_model
 from eval_pipeline.snapshot import DataError, refresh_snapshot
 from eval_pipeline.spec import SpecError, load_spec
 
+from .fixtures.toy_expected import TOY_MARGIN, assert_toy_release_pass
 from .s3_util import lake_bytes, seed_toy, toy_spec_dict, write_spec
 from .toy import TOY_SPEC, fit_model, land, register_joblib, toy_frame, toy_spec
 
@@ -40,7 +41,8 @@ def _template(tmp_path_factory):
     lake = Lake(str(root / "lake"))
     seed_toy(lake)
     code, result = run_evaluation(write_spec(root / "toy.yaml"), lake.root, f"{MODEL}@2", None, None)
-    assert code == EXIT[result["verdict"]] and lake.exists(f"snapshots/{TASK}/validated.json")
+    assert_toy_release_pass(code, result)  # PASS on roc_auc/overall, exit 0: see tests/fixtures/toy_expected.py
+    assert lake.exists(f"snapshots/{TASK}/validated.json")
     return root, result
 
 
@@ -247,14 +249,25 @@ def test_pipeline_empty_and_single_class_slices(tmp_path):
     spec = write_spec(tmp_path / "s.yaml", slices={"columns": ["b"], "bins": {"a": [-50, -40, 0, 50]}, "min_size": 50},
                       gates=[{"metric": "roc_auc", "kind": "non_inferiority", "margin": 0.05, "slices": "all"}])
     code, result = run_evaluation(spec, lake.root, f"{MODEL}@2", None, None)
-    assert code == EXIT[result["verdict"]] == EXIT["INCONCLUSIVE"]
+    # The data decide it: every label of b=z is 0 (ROC AUC undefined there) and no row has a < -40 (the bin
+    # a=[-50, -40) is empty); those two gate rows cannot be judged, so they are INCONCLUSIVE whatever the models.
+    # Every other row compares two near-identical models (deltas ~1e-3, far from -0.05), so none can FAIL:
+    # verdict INCONCLUSIVE, exit 3.
+    assert (result["verdict"], code) == ("INCONCLUSIVE", 3)
     slices = {s["slice"]: s for s in result["metrics"]["slices"]}
-    z = next(s for name, s in slices.items() if "b" in name and name.endswith("z"))
+    assert set(slices) == {"overall", "b=x", "b=y", "b=z", "a=[-50, -40)", "a=[-40, 0)", "a=[0, 50)"}
+    z = slices["b=z"]
+    assert z["n"] == int((frame["b"] == "z").sum()) and z["n"] >= 50
     assert z["models"]["candidate"]["roc_auc"]["value"] is None and z["models"]["candidate"]["roc_auc"]["undefined"]
-    empty = [s for s in slices.values() if s["n"] == 0]
-    assert empty and all(s["status"] != "ok" for s in empty)
-    gate_z = next(g for g in result["gates"] if g["slice"] == z["slice"])
-    assert gate_z["outcome"] == "INCONCLUSIVE" and gate_z["rule"]
+    assert slices["a=[-50, -40)"]["n"] == 0 and slices["a=[-50, -40)"]["status"] != "ok"
+    gates = {g["slice"]: g for g in result["gates"]}
+    assert set(gates) == set(slices) and {g["metric"] for g in gates.values()} == {"roc_auc"}
+    undecidable = {s: g for s, g in gates.items() if g["delta"] is None}
+    assert set(undecidable) == {"b=z", "a=[-50, -40)"}
+    assert all(g["outcome"] == "INCONCLUSIVE" for g in undecidable.values())
+    assert "single-class" in gates["b=z"]["rule"] and "too small" in gates["a=[-50, -40)"]["rule"]
+    assert not [g for g in gates.values() if g["outcome"] == "FAIL"]
+    assert all(g["ci"][0] > -TOY_MARGIN for s, g in gates.items() if s not in undecidable)
 
 
 def test_pipeline_slice_column_with_thousands_of_values_is_capped_with_a_warning(tmp_path):
@@ -262,7 +275,8 @@ def test_pipeline_slice_column_with_thousands_of_values_is_capped_with_a_warning
     seed_toy(lake)
     spec = write_spec(tmp_path / "s.yaml", slices={"columns": ["id"], "max_values": 20, "min_size": 1})
     code, result = run_evaluation(spec, lake.root, f"{MODEL}@2", None, None)
-    assert code == EXIT[result["verdict"]]
+    # id slices are measured, not gated (the toy gate is on overall): the toy's known PASS, exit 0
+    assert_toy_release_pass(code, result)
     warnings = result["metrics"]["warnings"]
     assert any("slice column 'id' has 2000 distinct values; kept the 20 largest" in w for w in warnings), warnings
     id_slices = [s for s in result["metrics"]["slices"] if s["slice"].startswith("id")]
