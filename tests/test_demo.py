@@ -1,6 +1,7 @@
 """The demo data and models: packaged specs validate, seeding is complete, safe to load, idempotent, deterministic."""
 
 import hashlib
+import json
 
 import numpy as np
 import pandas as pd
@@ -191,3 +192,92 @@ def test_register_predictions_model(tmp_path):
     assert np.allclose(loaded.predictions["score"], scores)
     with pytest.raises(ValueError, match="rows"):
         demo.register_predictions_model(lake, frame, "x", "1", scores[:-1])
+
+
+# -- the demo's headline, as README "What the demo shows" states it (full data, through Dagster) ----------------------
+# README figures: candidate ROC AUC 0.6488 vs 0.6436 overall, paired delta +0.0052 with its interval above the -0.01
+# margin; on carrier=9E the candidate's AUC is 0.508, delta -0.089: that gate FAILs, the verdict is FAIL, promotion is
+# blocked, `demo` exits 0 and `evaluate` exits 1. The models are trained deterministically (seeded, one thread), so
+# the point estimates are reproducible; the tolerances allow for the README's rounding (4 and 3 decimals) ten times
+# over, not for a different story.
+README_OVERALL = {"value": 0.6488, "baseline_value": 0.6436, "delta": 0.0052}
+README_9E = {"value": 0.508, "delta": -0.089}
+TOL_OVERALL, TOL_9E = 5e-4, 5e-3
+README_EVAL_ROWS = 166_756
+
+
+@pytest.fixture(scope="module")
+def full_demo(tmp_path_factory):
+    from eval_pipeline.cli import main
+
+    root = tmp_path_factory.mktemp("demo_full")
+    lake = Lake(str(root / "lake"))
+    out = root / "result.json"
+    code = main(["demo", "--lake", lake.root, "--output", str(out)])
+    assert code == 0 and out.exists(), f"the demo did not run through (exit {code}); see its messages above"
+    return {"lake": lake, "code": code, "result": json.loads(out.read_text()), "root": root}
+
+
+def test_demo_headline_fail_on_carrier_9e_with_the_readme_figures(full_demo):
+    lake, result = full_demo["lake"], full_demo["result"]
+    assert full_demo["code"] == 0  # the chain ran; the demo does not gate on its verdict
+    assert result["verdict"] == "FAIL" and result["mode"] == "release"
+    assert result["candidate"]["ref"] == "flights_delay@2" and result["baseline"]["ref"] == "flights_delay@1"
+    assert result["dataset"]["rows"] == README_EVAL_ROWS or result["metrics"]["n_rows"] == README_EVAL_ROWS
+    gates = {(g["gate"], g["slice"]): g for g in result["gates"]}
+    # the deciding gate: the only FAIL row is roc_auc non-inferiority on carrier=9E
+    failing = [(g["metric"], g["slice"], g["kind"]) for g in result["gates"] if g["outcome"] == "FAIL"]
+    assert failing == [("roc_auc", "carrier=9E", "non_inferiority")], failing
+    nine_e = gates[("auc_not_worse_per_carrier", "carrier=9E")]
+    assert abs(nine_e["value"] - README_9E["value"]) < TOL_9E, nine_e
+    assert abs(nine_e["delta"] - README_9E["delta"]) < TOL_9E, nine_e
+    assert nine_e["ci"][1] < -nine_e["margin"] == -0.02  # the whole interval is past -margin
+    assert nine_e["n"] == 8921
+    # overall: better, and non-inferior with room to spare
+    overall = gates[("auc_not_worse_overall", "overall")]
+    assert overall["outcome"] == "PASS" and overall["metric"] == "roc_auc" and overall["n"] == README_EVAL_ROWS
+    for key, figure in README_OVERALL.items():
+        assert abs(overall[key] - figure) < TOL_OVERALL, (key, overall[key], figure)
+    assert overall["ci"][0] > -overall["margin"] == -0.01
+    assert gates[("auc_floor", "overall")]["outcome"] == "PASS"
+
+
+def test_demo_headline_numbers_equal_scikit_learn_on_the_scored_rows(full_demo):
+    """The 9E collapse is in the models' scores, not an artefact of the engine: recomputed with scikit-learn."""
+    from sklearn.metrics import roc_auc_score
+
+    lake, result = full_demo["lake"], full_demo["result"]
+    snap = result["dataset"]["snapshot_id"]
+    data = lake.read_parquet(f"snapshots/flights_delay/{snap}/data.parquet")
+    data = data[data["time_hour"] >= pd.Timestamp("2013-07-01", tz="UTC")][["flight_id", "carrier", "delayed"]]
+    assert len(data) == README_EVAL_ROWS
+    found = {}
+    for f in lake.find("predictions/flights_delay"):
+        rel = f["rel"]
+        if snap in rel and rel.endswith((".parquet")) and rel.rsplit("/", 1)[1][:-8] in ("1", "2"):
+            found[rel.rsplit("/", 1)[1][:-8]] = lake.read_parquet(rel)[["flight_id", "score"]]
+    assert set(found) == {"1", "2"}, found.keys()
+    frame = data.merge(found["1"].rename(columns={"score": "p1"}), on="flight_id", validate="1:1") \
+                .merge(found["2"].rename(columns={"score": "p2"}), on="flight_id", validate="1:1")
+    assert len(frame) == README_EVAL_ROWS
+    gates = {(g["gate"], g["slice"]): g for g in result["gates"]}
+    for (gate, slice_), sub in ((("auc_not_worse_overall", "overall"), frame),
+                                (("auc_not_worse_per_carrier", "carrier=9E"), frame[frame["carrier"] == "9E"])):
+        g = gates[(gate, slice_)]
+        cand, base = roc_auc_score(sub["delayed"], sub["p2"]), roc_auc_score(sub["delayed"], sub["p1"])
+        assert abs(g["value"] - cand) < 1e-9 and abs(g["baseline_value"] - base) < 1e-9, (slice_, g, cand, base)
+
+
+def test_demo_verdict_blocks_promotion_and_evaluate_exits_1(full_demo, capsys):
+    from eval_pipeline.cli import main
+
+    lake = full_demo["lake"]
+    reg = Registry(lake)
+    assert reg.champion("flights_delay") == "1" and len(reg.promotions("flights_delay")) == 1
+    capsys.readouterr()
+    code = main(["evaluate", "--spec", str(demo.packaged_spec_path()), "--lake", lake.root,
+                 "--candidate", "flights_delay@2", "--output", str(full_demo["root"] / "again.json")])
+    out = capsys.readouterr().out
+    assert code == 1  # FAIL
+    assert "verdict: FAIL" in out and "FAIL         roc_auc on carrier=9E" in out
+    assert Registry(lake).champion("flights_delay") == "1"
