@@ -101,6 +101,15 @@ def _float_array(col, name: str, offset: int) -> np.ndarray:
         raise EngineInputError(f"column '{name}': expected numbers ({exc})") from None
 
 
+def _float_bits(col) -> int:
+    """16 / 32 for half / single precision float input, else 64 (ints, decimals, objects are read as float64)."""
+    if isinstance(col, pd.Series):
+        dt = col.dtype
+        return 8 * dt.itemsize if dt.kind == "f" and dt.itemsize in (2, 4) else 64
+    t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    return 32 if pa.types.is_float32(t) else 16 if pa.types.is_float16(t) else 64
+
+
 def _raise_bad(name: str, what: str, bad: np.ndarray, values, offset: int):
     idx = np.flatnonzero(bad)
     first = int(idx[0])
@@ -157,6 +166,8 @@ class Accumulator:
     chunks: list = field(default_factory=list)  # multiclass/regression: list of dicts of per-row arrays
     runs: dict = field(default_factory=dict)  # binary: role -> atom id -> list of sorted (score, label) keys
     cells: dict = field(default_factory=dict)  # binary: family index -> list of (keys, counts, int sums)
+    rows: list = field(default_factory=list)  # binary: row pieces grouped by atom (label + every model's score)
+    score_bits: dict = field(default_factory=dict)  # binary: role -> widest float width of its score input (bits)
     mem_rows: int = 0  # binary + spill mode: rows of runs held in memory since the last spill
 
 
@@ -238,13 +249,15 @@ class Combiner:
             order = np.argsort(P, axis=1, kind="mergesort")[:, ::-1][:, :k]  # as sklearn.top_k_accuracy_score
             hit = (order == y[:, None]).any(axis=1)
             return {f"pred:{role}": pred, f"hit:{role}": hit}
-        p = _float_array(_column(batch, cols), cols, off)
+        col = _column(batch, cols)
+        p = _float_array(col, cols, off)
         if spec.task_type == BINARY:
             _check_finite(p, cols, off, f"finite scores (role '{role}')")
             bad = (p < 0) | (p > 1)
             if bad.any():
                 _raise_bad(cols, f"probabilities in [0, 1] (role '{role}')", bad, p, off)
             p = p + 0.0  # -0.0 -> 0.0 so bit patterns sort like values
+            return {f"score:{role}": p, f"bits:{role}": _float_bits(col)}
         else:
             _check_finite(p, cols, off, f"finite predictions (role '{role}')")
         return {f"score:{role}": p}
@@ -349,6 +362,8 @@ class Merged:
     runs: dict = field(default_factory=dict)  # binary: role -> canonical atom -> list of sorted keys
     cells: dict = field(default_factory=dict)  # binary: family index -> (keys, counts, int sums)
     atom_n: np.ndarray | None = None  # rows per canonical atom
+    rows: list = field(default_factory=list)  # binary: row pieces (see .binary_cells.add_binary)
+    score_bits: dict = field(default_factory=dict)  # binary: role -> 16, 32 or 64 (see .binary.role_precision)
 
     @staticmethod
     def build(spec: Spec, acc: Accumulator) -> "Merged":

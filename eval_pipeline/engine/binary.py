@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import bootstrap as bs
+from . import score_cells
 
 COUNT_METRICS = ("accuracy", "precision", "recall", "f1", "specificity", "balanced_accuracy")
 SCORE_METRICS = ("roc_auc", "average_precision", "log_loss", "brier", "ece")
@@ -95,14 +96,22 @@ def _slice_keys(merged, role, atoms):
     return np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0]
 
 
-def _atom_stats(s, y, threshold, ece_edges):
+def role_precision(merged, role):
+    """(threshold, log-loss eps) of one model in its scores' own precision, as scikit-learn and numpy treat them:
+    float32 scores are compared with float32(threshold) (numpy's ``s >= t``) and clipped with float32's machine
+    epsilon (``sklearn.metrics.log_loss``). Scores are float64 unless every batch delivered them narrower."""
+    ftype = {16: np.float16, 32: np.float32}.get(merged.score_bits.get(role, 64), np.float64)
+    return float(ftype(merged.spec.threshold)), float(np.finfo(ftype).eps)
+
+
+def _atom_stats(s, y, threshold, ece_edges, eps=EPS):
     """Additive exact statistics of one atom (rows sorted by (score, label)), summed in that canonical order."""
     n = s.size
     P = int(np.count_nonzero(y))
     idx = int(np.searchsorted(s, threshold, side="left"))
     fn = int(np.count_nonzero(y[:idx]))
     p1 = np.where(y == 1, s, 1 - s)
-    ll = -np.log(np.clip(p1, EPS, 1 - EPS))
+    ll = -np.log(np.clip(p1, eps, 1 - eps))
     br = (s - y) ** 2
     bounds = np.searchsorted(s, ece_edges[1:-1], side="left")
     starts = np.concatenate([[0], bounds])
@@ -190,7 +199,9 @@ def compute(merged, slices, *, metrics, threshold, ece_bins, n_boot, seed, famil
     n_s = np.array([int(merged.atom_n[atom_in[:, j]].sum()) for j in range(S)], dtype=np.int64)
     want_rank = any(m in metrics for m in ("roc_auc", "average_precision"))
     values, reasons, counts_info = {}, {}, {}
+    role_thr, role_eps = {}, {}
     for role in spec.roles:
+        threshold, eps = role_thr[role], role_eps[role] = role_precision(merged, role)
         vals = {m: np.full(S, np.nan) for m in metrics}
         why = {m: [None] * S for m in metrics}
         npos = np.zeros(S, dtype=np.int64)
@@ -200,13 +211,13 @@ def compute(merged, slices, *, metrics, threshold, ece_bins, n_boot, seed, famil
             from . import spill as _sp
 
             role_runs = merged.runs.get(role, {})
-            stats = {aid: _sp.atom_stats(role_runs.get(aid, []), threshold, ece_edges, cfg.rows, cfg.budget)
+            stats = {aid: _sp.atom_stats(role_runs.get(aid, []), threshold, ece_edges, cfg.rows, cfg.budget, eps)
                      for aid in range(n_atoms)}
         else:
             for aid in range(n_atoms):  # one sorted array per atom; drop the runs as we go to bound peak memory
                 atom_keys[aid] = _slice_keys(merged, role, [aid])
                 merged.runs.get(role, {}).pop(aid, None)
-            stats = {aid: _atom_stats((k >> 1).view(np.float64), (k & 1).astype(np.int8), threshold, ece_edges)
+            stats = {aid: _atom_stats((k >> 1).view(np.float64), (k & 1).astype(np.int8), threshold, ece_edges, eps)
                      for aid, k in atom_keys.items()}
         for j in range(S):
             atoms = np.flatnonzero(atom_in[:, j])
@@ -248,14 +259,28 @@ def compute(merged, slices, *, metrics, threshold, ece_bins, n_boot, seed, famil
         counts_info[role] = npos
     reps = {}
     if n_boot > 0 and merged.n_rows > 0:
+        grid_metrics = [m for m in metrics if m not in score_cells.METRICS]
+        cell_metrics = [m for m in metrics if m in score_cells.METRICS]
+        rows = merged.rows
         for fam_idx, fam in enumerate(families):
-            reps.update(_bootstrap_family(fam_idx, fam, merged, atom_in, values, metrics, threshold, ece_edges,
-                                          n_boot, seed))
+            fam_reps = {r: {} for r in fam}
+            if grid_metrics:
+                got = _bootstrap_family(fam_idx, fam, merged, atom_in, values, grid_metrics, role_thr, ece_edges,
+                                        n_boot, seed)
+                for r in got:
+                    fam_reps[r].update(got[r])
+            if cell_metrics:
+                got = score_cells.replicates(lambda: iter(rows), atom_in, n_s, fam, fam_idx, values, cell_metrics,
+                                             role_eps, n_boot, seed)
+                for r in got:
+                    fam_reps[r].update(got[r])
+            reps.update(fam_reps)
+        merged.rows = []
     return {"n": n_s, "n_positive": counts_info[spec.roles[0]] if spec.roles else None,
             "values": values, "reasons": reasons, "reps": reps}
 
 
-def _bootstrap_family(fam_idx, fam, merged, atom_in, values, metrics, threshold, ece_edges, n_boot, seed):
+def _bootstrap_family(fam_idx, fam, merged, atom_in, values, metrics, role_thr, ece_edges, n_boot, seed):
     from .binary_cells import Q_BR, Q_LL, Q_S
 
     A, S = atom_in.shape
@@ -290,7 +315,6 @@ def _bootstrap_family(fam_idx, fam, merged, atom_in, values, metrics, threshold,
         cols += [h0 + (si * 2 + cell_y[ci]) * G + b[ci], ll0 + si, br0 + si, ss0 + si * E + eb_of_bin[b[ci]]]
         data += [np.ones(ci.size), ll_mean[ci], br_mean[ci], s_mean[ci]]
     MT = sp.csr_matrix((np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))), shape=(C, off)).T.tocsr()
-    tb = int(np.searchsorted(edges, threshold, side="left"))
     agg = np.zeros((G, E))
     agg[np.arange(G), eb_of_bin] = 1.0
 
@@ -301,6 +325,7 @@ def _bootstrap_family(fam_idx, fam, merged, atom_in, values, metrics, threshold,
             h = H[h0:ll0].reshape(S, 2, G, -1)
             neg, pos = np.moveaxis(h[:, 0], 1, -1), np.moveaxis(h[:, 1], 1, -1)  # (S, b, G)
             ssum_e = np.moveaxis(H[ss0:ss0 + S * E].reshape(S, E, -1), 1, -1)
+            tb = int(np.searchsorted(edges, role_thr[role], side="left"))  # the threshold is a grid edge
             out[role] = hist_metrics(pos, neg, tb, H[ll0:ll0 + S], H[br0:br0 + S], pos @ agg, ssum_e)
         return out  # role -> metric -> (S, b)
 

@@ -24,7 +24,9 @@ def score_grid(threshold: float, ece_bins: int) -> np.ndarray:
     """Bin edges of the bootstrap cells: 0.05-wide bins, finer tails (0.001, 0.01, 0.99, 0.999), the threshold and
     the ECE edges (so count metrics and ECE bin totals are exact functions of the cell counts). About 24 bins per
     model, so a paired family has at most 2 x 24 x 24 cells per atom."""
-    e = np.concatenate([np.linspace(0, 1, 21), np.linspace(0, 1, ece_bins + 1), [threshold],
+    # the threshold as float64, float32 and float16: narrower scores are compared in their own precision
+    thr = [threshold, float(np.float32(threshold)), float(np.float16(threshold))]
+    e = np.concatenate([np.linspace(0, 1, 21), np.linspace(0, 1, ece_bins + 1), thr,
                         [0.001, 0.01, 0.99, 0.999]])
     return np.unique(e)
 
@@ -71,14 +73,22 @@ def add_binary(spec, acc, chunk):
         ends = np.append(starts[1:], n)
         segs = [(int(a_sorted[s]), int(s), int(e)) for s, e in zip(starts, ends)]
     G = spec.grid.size - 1
+    # the rows themselves, grouped by atom: the per-slice bootstrap cells of the score metrics (.score_cells) need
+    # each row's label and every model's score together (pairing), with slice-specific bin edges known only at the end
+    piece = {"seg_atom": np.array([a for a, _, _ in segs], dtype=np.int32),
+             "seg_bounds": np.array([lo for _, lo, _ in segs] + [n], dtype=np.int64),
+             "label": chunk["label"] if order is None else chunk["label"][order]}
     for role in spec.roles:
         s = chunk[f"score:{role}"]
+        acc.score_bits[role] = max(acc.score_bits.get(role, 0), chunk[f"bits:{role}"])
+        piece[f"score:{role}"] = s if order is None else s[order]
         key = (s.view(np.int64) << 1) | y
         if order is not None:
             key = key[order]
         runs = acc.runs.setdefault(role, {})
         for aid, lo, hi in segs:
             runs.setdefault(aid, []).append(np.sort(key[lo:hi]))
+    acc.rows.append(piece)
     if spec.spill is not None:
         from .spill import maybe_spill
 
@@ -114,6 +124,10 @@ def _cells_per_atom(spec, fam):
 
 
 def merge_binary(spec, out, a, lut):
+    for role, bits in a.score_bits.items():
+        out.score_bits[role] = max(out.score_bits.get(role, 0), bits)
+    for piece in a.rows:
+        out.rows.append(dict(piece, seg_atom=lut[piece["seg_atom"]].astype(np.int32)))
     for role, runs in a.runs.items():
         dst = out.runs.setdefault(role, {})
         for aid, lst in runs.items():
@@ -142,7 +156,9 @@ def finish_binary(spec, acc, merged, lut):
                                       np.concatenate([x[2] for x in lst], axis=1))
         else:
             merged.cells[f] = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((3 * len(fam), 0), np.int64))
-    acc.runs, acc.cells = {}, {}
+    merged.score_bits = dict(acc.score_bits)
+    merged.rows = [dict(piece, seg_atom=lut[piece["seg_atom"]].astype(np.int32)) for piece in acc.rows]
+    acc.runs, acc.cells, acc.rows = {}, {}, []
     atom_n = np.zeros(n_atoms, dtype=np.int64)
     if spec.roles:
         for aid, lst in merged.runs.get(spec.roles[0], {}).items():

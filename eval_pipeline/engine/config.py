@@ -16,6 +16,9 @@ class SliceConfig:
     - ``min_size``: slices with fewer rows are reported with ``n`` and status ``too_small`` and no metrics.
     - ``max_values``: a column with more distinct values keeps the ``max_values`` most frequent (ties: value order)
       and records a warning naming the column.
+    - ``min_positives`` / ``min_negatives`` (binary only): slices with fewer positive / negative labels are reported
+      as ``too_small`` too. Rank metrics (AUC, AP) are driven by the smaller class, so a slice of 200 rows with 10
+      positives has an interval far less reliable than its row count suggests.
     """
 
     columns: list[str] | tuple = ()
@@ -23,6 +26,8 @@ class SliceConfig:
     bins: dict[str, list[float]] = field(default_factory=dict)
     min_size: int = 100
     max_values: int = 200
+    min_positives: int = 0
+    min_negatives: int = 0
 
 
 @dataclass(frozen=True)

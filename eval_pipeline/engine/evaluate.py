@@ -22,7 +22,7 @@ from .binary_cells import score_grid
 from .bootstrap import percentile_ci
 from .config import SliceConfig
 from .errors import EngineInputError
-from .registry import BINARY, MULTICLASS, TASK_TYPES, metrics_for
+from .registry import BINARY, METRICS, MULTICLASS, TASK_TYPES, metrics_for
 from .slices import build_slices, slice_columns, validate_config
 
 
@@ -121,6 +121,17 @@ def _validate(task_type, label, predictions, metrics, threshold, classes, top_k,
     for name, r in (("baseline", baseline), ("candidate", candidate)):
         if r is not None and r not in predictions:
             raise EngineInputError(f"{name}: role '{r}' is not in predictions (roles: {list(predictions)})")
+
+
+def _size_status(n: int, n_pos: int | None, cfg: SliceConfig) -> tuple[str, str | None]:
+    """("ok", None) or ("too_small", why): rows below ``min_size``, or (binary) a class below its minimum."""
+    if n < cfg.min_size:
+        return "too_small", f"{n} rows < slices.min_size {cfg.min_size}"
+    if n_pos is not None and n_pos < cfg.min_positives:
+        return "too_small", f"{n_pos} positive labels < slices.min_positives {cfg.min_positives}"
+    if n_pos is not None and n - n_pos < cfg.min_negatives:
+        return "too_small", f"{n - n_pos} negative labels < slices.min_negatives {cfg.min_negatives}"
+    return "ok", None
 
 
 def _families(roles, baseline, candidate):
@@ -261,6 +272,10 @@ def _extract(comb, acc, spec, slices, metrics, n_boot, seed, confidence, ece_bin
         out = regression.compute(merged, sdefs, **kw)
 
     B = n_boot
+    for r in out["reps"]:  # replicates stay inside the metric's range (recentring could push them out)
+        for m, rep in out["reps"][r].items():
+            lo, hi = METRICS[m].range
+            np.clip(rep, lo, hi, out=rep)
     ci_all = {}  # (role, metric) -> (lo, hi) arrays over slices, computed in one vectorised call
     if B:
         for r in roles:
@@ -271,10 +286,12 @@ def _extract(comb, acc, spec, slices, metrics, n_boot, seed, confidence, ece_bin
     slices_out, replicates = [], {}
     for j, sd in enumerate(sdefs):
         n = int(out["n"][j])
-        status = "ok" if n >= slices.min_size else "too_small"
-        entry = {"slice": sd.name, "columns": dict(sd.columns), "n": n,
-                 "n_positive": int(out["n_positive"][j]) if out.get("n_positive") is not None else None,
+        n_pos = int(out["n_positive"][j]) if out.get("n_positive") is not None else None
+        status, why_small = _size_status(n, n_pos, slices)
+        entry = {"slice": sd.name, "columns": dict(sd.columns), "n": n, "n_positive": n_pos,
                  "status": status, "models": {}, "delta": {}}
+        if why_small:
+            entry["too_small"] = why_small
         if status == "ok":
             for r in roles:
                 md = {}

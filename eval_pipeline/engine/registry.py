@@ -20,10 +20,14 @@ class MetricInfo:
     higher_is_better: bool
     description: str
     reference: str
+    range: tuple[float, float] = (0.0, 1.0)  # the values the metric can take; intervals are kept inside it
 
 
-def _m(name, task, hib, desc, ref):
-    return MetricInfo(name, (task,) if isinstance(task, str) else tuple(task), hib, desc, ref)
+def _m(name, task, hib, desc, ref, range=(0.0, 1.0)):
+    return MetricInfo(name, (task,) if isinstance(task, str) else tuple(task), hib, desc, ref, range)
+
+
+_NONNEG = (0.0, float("inf"))
 
 
 _LIST = [
@@ -59,8 +63,9 @@ _LIST = [
        "sklearn.metrics.average_precision_score"),
     _m("log_loss", BINARY, False,
        "mean of -[y log p + (1 - y) log(1 - p)] with p and 1 - p clipped to [eps, 1 - eps], eps = 2.22e-16 "
-       "(float64 machine epsilon, as scikit-learn). Undefined for an empty slice.",
-       "sklearn.metrics.log_loss(labels=[0, 1])"),
+       "(float64 machine epsilon, as scikit-learn; float32 / float16 scores use their own epsilon, as scikit-learn). "
+       "Undefined for an empty slice.",
+       "sklearn.metrics.log_loss(labels=[0, 1])", _NONNEG),
     _m("brier", BINARY, False,
        "mean of (p - y)^2. Undefined for an empty slice.",
        "sklearn.metrics.brier_score_loss"),
@@ -86,19 +91,20 @@ _LIST = [
        "(stable sort, the higher class index wins).",
        "sklearn.metrics.top_k_accuracy_score(labels=classes)"),
     # --- regression: from sums over rows (in a canonical order, so results do not depend on row order)
-    _m("mae", REGRESSION, False, "mean |prediction - label|.", "sklearn.metrics.mean_absolute_error"),
-    _m("rmse", REGRESSION, False, "sqrt(mean (prediction - label)^2).", "sklearn.metrics.root_mean_squared_error"),
+    _m("mae", REGRESSION, False, "mean |prediction - label|.", "sklearn.metrics.mean_absolute_error", _NONNEG),
+    _m("rmse", REGRESSION, False, "sqrt(mean (prediction - label)^2).", "sklearn.metrics.root_mean_squared_error",
+       _NONNEG),
     _m("r2", REGRESSION, True,
        "1 - sum (y - p)^2 / sum (y - mean y)^2. Undefined when the slice has fewer than 2 rows or a constant label "
        "(scikit-learn then returns 1.0 or 0.0 by convention).",
-       "sklearn.metrics.r2_score"),
+       "sklearn.metrics.r2_score", (float("-inf"), 1.0)),
     _m("mape", REGRESSION, False,
        "mean |p - y| / max(|y|, eps), eps = 2.22e-16, as a fraction (not percent), as scikit-learn.",
-       "sklearn.metrics.mean_absolute_percentage_error"),
+       "sklearn.metrics.mean_absolute_percentage_error", _NONNEG),
     _m("mean_error", REGRESSION, False,
        "mean (prediction - label): the bias; positive = over-prediction. Gates treat smaller as better; use an "
        "absolute gate with min and max for a two-sided bound.",
-       "numpy.mean(pred - y)"),
+       "numpy.mean(pred - y)", (float("-inf"), float("inf"))),
 ]
 
 METRICS: dict[str, MetricInfo] = {m.name: m for m in _LIST}

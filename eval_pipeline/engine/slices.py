@@ -36,8 +36,8 @@ def validate_config(cfg: SliceConfig):
         e = np.asarray(edges, dtype=float)
         if e.ndim != 1 or e.size < 1 or not np.all(np.isfinite(e)) or np.any(np.diff(e) <= 0):
             raise EngineInputError(f"slices.bins['{c}']: expected strictly increasing finite edges, got {edges!r}")
-    if cfg.min_size < 0 or cfg.max_values < 1:
-        raise EngineInputError("slices: min_size must be >= 0 and max_values >= 1")
+    if cfg.min_size < 0 or cfg.max_values < 1 or cfg.min_positives < 0 or cfg.min_negatives < 0:
+        raise EngineInputError("slices: min_size, min_positives and min_negatives must be >= 0 and max_values >= 1")
 
 
 def build_slices(merged: Merged, cfg: SliceConfig) -> tuple[list[SliceDef], list[str]]:

@@ -328,7 +328,7 @@ def atom_size(runs) -> int:
     return int(sum(r.size for r in runs))
 
 
-def atom_stats(runs, threshold, ece_edges, limit, budget):
+def atom_stats(runs, threshold, ece_edges, limit, budget, eps=None):
     """The same dict as ``binary._atom_stats`` for the union of ``runs`` (bit-identical)."""
     from .binary import EPS, _atom_stats
 
@@ -336,7 +336,8 @@ def atom_stats(runs, threshold, ece_edges, limit, budget):
     if n <= limit:
         parts = [_load(r) for r in runs]
         k = np.sort(np.concatenate(parts)) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, np.int64))
-        return _atom_stats((k >> 1).view(np.float64), (k & 1).astype(np.int8), threshold, ece_edges)
+        return _atom_stats((k >> 1).view(np.float64), (k & 1).astype(np.int8), threshold, ece_edges,
+                           EPS if eps is None else eps)
     E = ece_edges.size - 1
     inner = ece_edges[1:-1]
     edge_keys = [int(np.float64(e).view(np.int64)) << 1 for e in inner]  # s < e  <=>  key < (bits(e) << 1)
@@ -354,7 +355,7 @@ def atom_stats(runs, threshold, ece_edges, limit, budget):
         idx += i
         fn += int(np.count_nonzero(y[:i]))
         p1 = np.where(y == 1, s, 1 - s)
-        ll_sum.feed(-np.log(np.clip(p1, EPS, 1 - EPS)))
+        ll_sum.feed(-np.log(np.clip(p1, EPS if eps is None else eps, 1 - (EPS if eps is None else eps))))
         br_sum.feed((s - y) ** 2)
         b = np.concatenate([[0], np.searchsorted(s, inner, side="left"), [s.size]])
         for e in range(E):
