@@ -25,6 +25,7 @@ import scipy.sparse as sp
 
 from . import bootstrap as bs
 from . import score_cells
+from .spill import load_rows
 
 COUNT_METRICS = ("accuracy", "precision", "recall", "f1", "specificity", "balanced_accuracy")
 SCORE_METRICS = ("roc_auc", "average_precision", "log_loss", "brier", "ece")
@@ -270,7 +271,7 @@ def compute(merged, slices, *, metrics, threshold, ece_bins, n_boot, seed, famil
                 for r in got:
                     fam_reps[r].update(got[r])
             if cell_metrics:
-                got = score_cells.replicates(lambda: iter(rows), atom_in, n_s, fam, fam_idx, values, cell_metrics,
+                got = score_cells.replicates(lambda: map(load_rows, rows), atom_in, n_s, fam, fam_idx, values, cell_metrics,
                                              role_eps, n_boot, seed)
                 for r in got:
                     fam_reps[r].update(got[r])

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .spill import remap_rows
+
 Q_LL = float(1 << 26)
 Q_BR = float(1 << 32)
 Q_S = float(1 << 32)
@@ -127,7 +129,7 @@ def merge_binary(spec, out, a, lut):
     for role, bits in a.score_bits.items():
         out.score_bits[role] = max(out.score_bits.get(role, 0), bits)
     for piece in a.rows:
-        out.rows.append(dict(piece, seg_atom=lut[piece["seg_atom"]].astype(np.int32)))
+        out.rows.append(remap_rows(piece, lut))
     for role, runs in a.runs.items():
         dst = out.runs.setdefault(role, {})
         for aid, lst in runs.items():
@@ -157,7 +159,7 @@ def finish_binary(spec, acc, merged, lut):
         else:
             merged.cells[f] = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((3 * len(fam), 0), np.int64))
     merged.score_bits = dict(acc.score_bits)
-    merged.rows = [dict(piece, seg_atom=lut[piece["seg_atom"]].astype(np.int32)) for piece in acc.rows]
+    merged.rows = [remap_rows(piece, lut) for piece in acc.rows]
     acc.runs, acc.cells, acc.rows = {}, {}, []
     atom_n = np.zeros(n_atoms, dtype=np.int64)
     if spec.roles:

@@ -137,9 +137,64 @@ def _count_below(run, key: int) -> int:
     return run.count_below(key)
 
 
+class SpilledRows:
+    """A row piece (labels and every model's scores, grouped by atom; see ``.binary_cells.add_binary``) stored in a
+    raw file; the small segment arrays stay in memory."""
+
+    __slots__ = ("path", "offset", "n", "roles", "seg_atom", "seg_bounds")
+
+    def __init__(self, path, offset, n, roles, seg_atom, seg_bounds):
+        self.path, self.offset, self.n, self.roles = path, int(offset), int(n), list(roles)
+        self.seg_atom, self.seg_bounds = seg_atom, seg_bounds
+
+    def remapped(self, lut) -> "SpilledRows":
+        return SpilledRows(self.path, self.offset, self.n, self.roles, lut[self.seg_atom].astype(np.int32),
+                           self.seg_bounds)
+
+    def load(self) -> dict:
+        out = {"seg_atom": self.seg_atom, "seg_bounds": self.seg_bounds,
+               "label": np.fromfile(self.path, dtype=np.int8, count=self.n, offset=self.offset)}
+        off = self.offset + self.n
+        for r in self.roles:
+            out[f"score:{r}"] = np.fromfile(self.path, dtype="<f8", count=self.n, offset=off).astype(np.float64,
+                                                                                                   copy=False)
+            off += 8 * self.n
+        return out
+
+
+def load_rows(piece) -> dict:
+    return piece.load() if isinstance(piece, SpilledRows) else piece
+
+
+def remap_rows(piece, lut):
+    if isinstance(piece, SpilledRows):
+        return piece.remapped(lut)
+    return dict(piece, seg_atom=lut[piece["seg_atom"]].astype(np.int32))
+
+
+def _spill_rows(cfg, acc):
+    mem = [p for p in acc.rows if not isinstance(p, SpilledRows)]
+    if not mem:
+        return
+    path = cfg.new_path(".rows")
+    kept, off = [p for p in acc.rows if isinstance(p, SpilledRows)], 0
+    with open(path, "wb") as f:
+        for p in mem:
+            roles = [k[len("score:"):] for k in p if k.startswith("score:")]
+            n = p["label"].size
+            p["label"].astype(np.int8, copy=False).tofile(f)
+            for r in roles:
+                p[f"score:{r}"].astype("<f8", copy=False).tofile(f)
+            kept.append(SpilledRows(path, off, n, roles, p["seg_atom"], p["seg_bounds"]))
+            off += n * (1 + 8 * len(roles))
+    acc.rows = kept
+
+
 def spill_accumulator(spec, acc):
-    """Write every in-memory run of ``acc`` to disk (one file per role, atoms consecutive, each atom sorted)."""
+    """Write every in-memory run and row piece of ``acc`` to disk (runs: one file per role, atoms consecutive, each
+    atom sorted; row pieces: one file per spill)."""
     cfg = spec.spill
+    _spill_rows(cfg, acc)
     for role, runs in acc.runs.items():
         path = None
         f = None
