@@ -13,19 +13,21 @@ Exact (to floating-point rounding, checked against scikit-learn to 1e-9 in tests
   errors from sums taken in a canonical (sorted) row order; multiclass metrics from exact confusion counts.
   Results are bit-identical whatever the chunking, row order or number of worker threads.
 Bootstrap (Poisson, seeded, reproducible bit for bit):
-  - binary: cell weights of (atom, label, score bin of baseline, score bin of candidate) — exact Poisson for cells
-    with < 100 rows, skewness-corrected normal (Cornish-Fisher) for larger cells; count metrics are exact functions
-    of the cell weights (the threshold is a bin edge); AUC / AP / log loss / Brier / ECE replicates use ~24 score
-    bins per model and cell means, and are recentred on the exact point estimate (``.binary`` explains);
+  - binary: count metrics and ECE from cells (atom, label, fixed score-grid bin of each paired model) whose edges
+    include the threshold and the ECE edges (count metrics are exact functions of the cell weights); ROC AUC, AP, log
+    loss and Brier from per-slice joint cells on order statistics of the slice's own scores (``.score_cells``), so
+    the intervals keep their resolution in any score band; exact Poisson for cells with < 100 rows, skewness-
+    corrected normal (Cornish-Fisher) for larger ones; replicates recentred on the exact point estimate;
   - multiclass: cell weights of (atom, label, predicted class, top-k hit per model) — same sampler, every metric an
     exact function of the weights;
   - regression: moment-matched normal approximation of the Poisson bootstrap of the sufficient sums (``.regression``).
-  Intervals are percentile intervals of the (recentred) replicates; measured coverage is in tests/engine.
-Memory: O(rows) for binary (8 bytes per row per model: the sorted scores needed for *exact* AUC/AP) and for
-multiclass/regression (the reduced per-row values); the bootstrap itself is O(cells), independent of rows.
+  Intervals are percentile intervals of the (recentred) replicates, kept inside each metric's range; measured
+  coverage is in tests/engine (test_simulation.py; the full matrix: bench/sim_matrix.py).
+Memory: O(rows) for binary (8 bytes per row per model for the sorted scores needed for *exact* AUC/AP, plus 1 byte
+and 8 per model for the row pieces the per-slice bootstrap cells are built from) and for multiclass/regression (the reduced per-row values); the bootstrap itself is O(cells), independent of rows.
 Opt-in external memory for binary (``evaluate(..., spill_dir=..., spill_rows=2_000_000)`` or the environment
-variables ``EVAL_ENGINE_SPILL_ROWS`` / ``EVAL_ENGINE_SPILL_DIR``; :mod:`.spill`): the sorted score runs go to temp
-files (8 bytes per row per model on disk, removed afterwards) and the exact metrics are computed by a k-way merge
+variables ``EVAL_ENGINE_SPILL_ROWS`` / ``EVAL_ENGINE_SPILL_DIR``; :mod:`.spill`): the sorted score runs and the row
+pieces go to temp files (about 17 bytes per row per model on disk, removed afterwards) and the exact metrics are computed by a k-way merge
 with numpy's summation order reproduced, so results are bit-identical to the in-memory mode while RAM is bounded by
 ``spill_rows`` per worker, not by rows.
 """

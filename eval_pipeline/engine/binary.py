@@ -4,19 +4,19 @@ Point estimates (exact):
     Per model, rows are sorted once by (score, label). For each slice the sorted subsequence gives the exact counts at
     the threshold (tp, fp, tn, fn), the distinct-score groups for ROC AUC (Mann-Whitney U in integer arithmetic) and
     average precision, and the per-row log loss / Brier / ECE sums, summed in that canonical order (so they do not
-    depend on row order or chunking).
+    depend on row order or chunking). Scores given as float32 (float16) are compared with the threshold and clipped
+    for log loss in their own precision, as numpy and scikit-learn do (:func:`role_precision`).
 
-Bootstrap replicates (Poisson, from cells):
-    Cells are (atom, label, score bin of model 1[, score bin of model 2]) — the joint cell of the paired models, so a
-    replicate reweights the same rows for baseline and candidate. Score bins per model: the quantile edges of that
-    model's overall score distribution (``N_QUANTILE_BINS`` bins) plus 0, 1, the threshold and the ECE edges — so
-    every count metric at the threshold and the ECE bin totals are *exact* functions of the cell weights.
-    The per-score metrics of a replicate are computed from the reweighted cell histogram: ROC AUC and AP treat a bin
-    as tied scores; log loss, Brier and the score sums of ECE use each cell's exact mean (the within-cell spread is
-    not resampled). The binning biases these replicates slightly; each replicate is therefore *recentred*: reported
-    replicate = exact point + (binned replicate - binned point). The interval is the percentile interval of the
-    recentred replicates. Count metrics (accuracy ... balanced accuracy) have zero binning effect; for AUC/AP the
-    effect is a slightly smaller resampling variance from ties within bins (checked by the coverage simulation).
+Bootstrap replicates (Poisson, drawn per cell, never per row), two kinds of cells:
+    - Count metrics (accuracy ... balanced accuracy) and ECE: cells (atom, label, grid bin of each paired model) on a
+      fixed grid whose edges include the threshold and the ECE edges, so every count metric and every ECE bin's
+      label total is an *exact* function of the cell weights; the ECE score totals use each cell's mean score.
+    - ROC AUC, average precision, log loss, Brier: per-slice joint cells whose bin edges are order statistics of that
+      slice's own scores (:mod:`.score_cells`), so the resampling keeps its resolution however narrow the band the
+      slice's scores sit in, and two models with the same ranking get identical replicates.
+    Both are joint over the paired models (a replicate reweights the same rows for baseline and candidate), and each
+    replicate is recentred on the exact point estimate: exact + (binned replicate - binned point). Replicates are
+    then kept inside the metric's range (``MetricInfo.range``) and the interval is their percentile interval.
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from .spill import load_rows
 
 COUNT_METRICS = ("accuracy", "precision", "recall", "f1", "specificity", "balanced_accuracy")
 SCORE_METRICS = ("roc_auc", "average_precision", "log_loss", "brier", "ece")
-N_QUANTILE_BINS = 32
 EPS = np.finfo(np.float64).eps
 
 
