@@ -27,6 +27,8 @@ loss sums are integer fixed-point sums, so cells do not depend on row order eith
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -88,64 +90,95 @@ def _losses(s, y, eps):
     return np.rint(ll * Q_LL), np.rint((s - y) ** 2 * Q_BR)
 
 
-def build_cells(pieces, atom_in: np.ndarray, slice_n: np.ndarray, fam, eps: dict):
+def _by_worker(rows, load, fn, workers: int = 2):
+    """Run ``fn(list_of_loaded_pieces_iterator)`` on ``workers`` threads, each over every ``workers``-th piece; the
+    partial results are merged by the caller with order-free operations (integer sums, order statistics)."""
+    workers = max(1, min(workers, len(rows)))
+
+    def run(w):
+        return fn(load(p) for p in rows[w::workers])
+    if workers == 1:
+        return [run(0)]
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(run, range(workers)))
+
+
+def build_cells(rows, load, atom_in: np.ndarray, slice_n: np.ndarray, fam, eps: dict):
     """Per slice: (edges per role, cell keys, counts, integer loss sums (2 per role)), from the row pieces.
 
-    Two passes over the pieces: the edge sample, then the cells."""
+    Two passes over the pieces: the edge sample, then the cells (numpy releases the GIL in the heavy calls, so the
+    pieces are shared between two threads)."""
     A, S = atom_in.shape
     cap = int(min(SAMPLE_CAP, max(4096, (1 << 24) // max(S, 1))))
     cut = [None if n <= cap else np.uint64(min(int(2 ** 64 * cap / n), 2 ** 64 - 1)) for n in slice_n.tolist()]
     first = fam[0]
-    samples = [[] for _ in range(S)]
-    for piece in pieces():
-        y = piece["label"]
-        h = None
-        if any(c is not None for c in cut):
-            s0 = piece[f"score:{first}"]
-            h = _mix64((s0.view(np.int64) << 1) | y)
-        for j in range(S):
-            if slice_n[j] == 0:
-                continue
-            rg = _segments(piece, atom_in[:, j])
-            yy = _take(y, rg)
-            cols = [_take(piece[f"score:{r}"], rg) for r in fam]
-            if cut[j] is not None:
-                keep = _take(h, rg) < cut[j]
-                yy = yy[keep]
-                cols = [c[keep] for c in cols]
-            if yy.size:
-                samples[j].append((yy, cols))
+
+    def sample(pieces):
+        got = [[] for _ in range(S)]
+        for piece in pieces:
+            y = piece["label"]
+            h = None
+            if any(c is not None for c in cut):
+                h = _mix64((piece[f"score:{first}"].view(np.int64) << 1) | y)
+            for j in range(S):
+                if slice_n[j] == 0:
+                    continue
+                rg = _segments(piece, atom_in[:, j])
+                if cut[j] is not None:
+                    keep = np.flatnonzero(_take(h, rg) < cut[j])
+                    yy = _take(y, rg)[keep]
+                    cols = [_take(piece[f"score:{r}"], rg)[keep] for r in fam]
+                else:
+                    yy = _take(y, rg)
+                    cols = [_take(piece[f"score:{r}"], rg) for r in fam]
+                if yy.size:
+                    got[j].append((yy, cols))
+        return got
+
+    parts = _by_worker(rows, load, sample)
     edges = []
     for j in range(S):
-        if not samples[j]:
+        got = [t for part in parts for t in part[j]]
+        if not got:
             edges.append([np.zeros(0) for _ in fam])
             continue
-        yy = np.concatenate([t[0] for t in samples[j]])
-        edges.append([slice_edges(np.concatenate([t[1][k] for t in samples[j]]), yy) for k in range(len(fam))])
-    del samples
+        yy = np.concatenate([t[0] for t in got])
+        edges.append([slice_edges(np.concatenate([t[1][k] for t in got]), yy) for k in range(len(fam))])
+    del parts
     sizes = [[e.size + 1 for e in edges[j]] for j in range(S)]
     space = [2 * int(np.prod(sz)) for sz in sizes]
-    cnt = [np.zeros(space[j], np.int64) if slice_n[j] else None for j in range(S)]
-    sums = [np.zeros((2 * len(fam), space[j]), np.int64) if slice_n[j] else None for j in range(S)]
-    for piece in pieces():
-        y = piece["label"]
-        losses = [_losses(piece[f"score:{r}"], y, eps[r]) for r in fam]
+
+    def cells(pieces):
+        cnt = [np.zeros(space[j], np.int64) if slice_n[j] else None for j in range(S)]
+        sums = [np.zeros((2 * len(fam), space[j]), np.int64) if slice_n[j] else None for j in range(S)]
+        for piece in pieces:
+            y = piece["label"]
+            losses = [_losses(piece[f"score:{r}"], y, eps[r]) for r in fam]
+            for j in range(S):
+                if slice_n[j] == 0:
+                    continue
+                rg = _segments(piece, atom_in[:, j])
+                yy = _take(y, rg)
+                if yy.size == 0:
+                    continue
+                key = yy.astype(np.int64)
+                for k, r in enumerate(fam):
+                    b = np.searchsorted(edges[j][k], _take(piece[f"score:{r}"], rg), side="right")
+                    key = key * sizes[j][k] + b
+                cnt[j] += np.bincount(key, minlength=space[j])
+                for k in range(len(fam)):
+                    for q in range(2):
+                        w = _take(losses[k][q], rg)
+                        sums[j][2 * k + q] += np.bincount(key, weights=w, minlength=space[j]).astype(np.int64)
+        return cnt, sums
+
+    parts = _by_worker(rows, load, cells)
+    cnt, sums = parts[0]
+    for c2, s2 in parts[1:]:  # integer sums: the merge order does not matter
         for j in range(S):
-            if slice_n[j] == 0:
-                continue
-            rg = _segments(piece, atom_in[:, j])
-            yy = _take(y, rg)
-            if yy.size == 0:
-                continue
-            key = yy.astype(np.int64)
-            for k, r in enumerate(fam):
-                b = np.searchsorted(edges[j][k], _take(piece[f"score:{r}"], rg), side="right")
-                key = key * sizes[j][k] + b
-            cnt[j] += np.bincount(key, minlength=space[j])
-            for k in range(len(fam)):
-                for q in range(2):
-                    w = _take(losses[k][q], rg)
-                    sums[j][2 * k + q] += np.bincount(key, weights=w, minlength=space[j]).astype(np.int64)
+            if cnt[j] is not None:
+                cnt[j] += c2[j]
+                sums[j] += s2[j]
     out = []
     for j in range(S):
         if cnt[j] is None:
@@ -205,14 +238,14 @@ def _metrics(H, G):
                 "brier": np.where(n > 0, H[:, :, 2 * G + 1] / n, np.nan)}
 
 
-def replicates(pieces, atom_in, slice_n, fam, fam_idx, values, metrics, eps, n_boot, seed):
+def replicates(rows, load, atom_in, slice_n, fam, fam_idx, values, metrics, eps, n_boot, seed):
     """role -> metric -> (n_boot, S) recentred replicates of the score metrics in ``metrics``."""
     wanted = [m for m in METRICS if m in metrics]
     S, R = atom_in.shape[1], len(fam)
     reps = {r: {m: np.full((n_boot, S), np.nan) for m in wanted} for r in fam}
     if not wanted or n_boot == 0:
         return reps
-    M, counts, G = _features(build_cells(pieces, atom_in, slice_n, fam, eps), fam)
+    M, counts, G = _features(build_cells(rows, load, atom_in, slice_n, fam, eps), fam)
     if M is None:
         return reps
     shape = (S, R, 2 * G + 2, -1)
