@@ -4,33 +4,218 @@ Point estimates (exact): per slice, sums over rows of e = p - y, |e|, e^2, |e| /
 rows in a canonical order (sorted by their values), so they do not depend on row order or chunking; R^2 uses the
 two-pass sum of squares about the slice mean, as scikit-learn.
 
-Bootstrap (moment-matched Poisson bootstrap, an approximation): with Poisson(1) row weights the vector of weighted
-sums T* = sum_i w_i x_i, x_i = (1, y, y^2, e_r, |e_r|, e_r^2, ape_r for each paired model r), has exactly mean
-sum_i x_i and covariance sum_i x_i x_i^T. Replicates draw T* from the normal distribution with these two exact
-moments (per slice; the paired models share the draw), then apply each metric's formula to T*. This is the CLT
-approximation of the Poisson bootstrap of the sums (skewness of the sums is not reproduced); replicates are
-recentred on the exact point estimate like the other tasks.
+Bootstrap (Poisson bootstrap of centred sums, studentized on a log scale):
+
+* Resampling. Each row gets a Poisson(1) weight; a replicate is the vector of weighted sums T* = sum_i w_i x_i of the
+  per-row terms x_i = (d, d^2, d^4; per paired model e, |e|, e^2, e^4, e^2 d^2, ape, ape^2) and the total weight,
+  with d = y - mean(y) (centred and, like e and ape, scaled to unit size before anything else: adding a constant to
+  label and predictions leaves every term, hence every interval, unchanged). Up to ``K_EXACT`` rows per slice get
+  exact Poisson weights: all rows of a slice that small, otherwise the ``K_EXACT`` most extreme rows (largest
+  standardised |d|, |e|, ape), the ones that make sums of powers non-normal. The remaining "bulk" is drawn as its
+  exact Poisson total weight plus a normal vector with the bulk's exact centred covariance (a CLT approximation,
+  accurate because the bulk no longer holds the extreme rows). The paired models of a family share the weights, so
+  candidate - baseline replicates are paired.
+* Interval. A plain percentile interval of a mean of a skewed term (e^2 above all) is too short on the pessimistic
+  side: resamples that miss the few large errors have both a small RMSE and a small spread. So each replicate is
+  studentized, t* = (phi* - phi) / se*, with phi the metric on a log scale (log MAE, log MSE, log MAPE,
+  log(1 - R^2) = log(MSE / var(y)); mean error as is) and se* its delta-method standard error *from the same
+  resample*. Replicates are returned reflected, phi - se * t*, mapped back to the metric's scale; their percentile
+  interval is then the bootstrap-t interval. The log scale keeps every replicate in range (RMSE, MAE, MAPE > 0,
+  R^2 < 1).
+* Heavy tails. When the per-row term's variance is infinite or nearly (t(3) errors for RMSE, lognormal errors) no
+  bootstrap interval holds at these sizes, and the samples that lack the rare huge errors are exactly the ones whose
+  intervals miss. Each interval then carries a diagnostic and ``reliable = False`` (``out["diagnostics"]``) when the
+  metric's per-row term has a sample kurtosis above ``KURT_FRAC * n`` (the O(kurtosis / n) term of the interval's
+  coverage error is then not small) or a Hill tail-index estimate below ``TAIL_MIN`` (variance likely infinite).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from . import bootstrap as bs
 
 EPS = np.finfo(np.float64).eps
+K_EXACT = 4096  # rows per slice with exact Poisson weights (all rows below this size)
+STEP = 1 << 20  # rows per chunk for the sums over the bulk (memory bound, fixed so the sums' order is fixed)
+KURT_FRAC = 0.1  # flag when the per-row term's sample kurtosis exceeds KURT_FRAC * n
+TAIL_MIN = 1.75  # flag when the Hill tail index of the per-row term is below this (variance infinite below 2)
+HILL_FRAC, HILL_MIN = 0.02, 20  # Hill estimator on the top 2 % of rows (at least 20)
+
+# columns of the per-row term matrix: common ones, then NPER per model of the family
+D, D2, D4 = 0, 1, 2
+NC, NPER = 3, 7
+E, AE, E2, E4, E2D2, APE, APE2 = range(NPER)
+TERM = {"mean_error": "e", "mae": "|e|", "rmse": "e^2", "mape": "|e|/|y|"}
 
 
-def _metrics_from_sums(T, fam, metrics):
-    """T: (F, b) sums vector -> role -> metric -> (b,)"""
-    n, sy, syy = T[0], T[1], T[2]
-    out = {}
+def _terms(d, es, apes):
+    """(m, F) per-row terms for one chunk of rows (already centred and scaled)."""
+    cols = [d, d * d, (d * d) ** 2]
+    for e, ape in zip(es, apes):
+        e2 = e * e
+        cols += [e, np.abs(e), e2, e2 * e2, e2 * cols[1], ape, ape * ape]
+    return np.column_stack(cols)
+
+
+def _phi_se(metric, W, S, k):
+    """Metric on its studentization scale and its delta-method standard error, from total weight W (b,) and
+    weighted sums S (b, F) (the original sample is W = n, S = plain sums)."""
+    c = NC + NPER * k
     with np.errstate(all="ignore"):
-        sst = syy - sy * sy / n
-        for k, r in enumerate(fam):
-            se, sae, see, sape = T[3 + 4 * k: 7 + 4 * k]
-            out[r] = {"mae": sae / n, "rmse": np.sqrt(np.maximum(see, 0) / n), "r2": 1 - see / sst,
-                      "mape": sape / n, "mean_error": se / n}
-    return out
+        if metric == "mean_error":
+            m = S[:, c + E] / W
+            return m, np.sqrt(np.maximum(S[:, c + E2] / W - m * m, 0) / W)
+        if metric in ("mae", "mape", "rmse"):
+            j1, j2 = {"mae": (AE, E2), "mape": (APE, APE2), "rmse": (E2, E4)}[metric]
+            m = S[:, c + j1] / W
+            return np.log(m), np.sqrt(np.maximum(S[:, c + j2] / W - m * m, 0) / W) / m
+        # r2: phi = log(1 - R^2) = log(mse) - log(var y); influence e^2/mse - d^2/var y (d about the full-sample
+        # mean: re-centring at the resample's mean changes it only at second order)
+        m = S[:, c + E2] / W
+        md = S[:, D] / W
+        s2 = S[:, D2] / W - md * md
+        mpsi2 = (S[:, c + E4] / (m * m) - 2 * S[:, c + E2D2] / (m * s2) + S[:, D4] / (s2 * s2)) / W
+        mpsi = 1 - (S[:, D2] / W) / s2
+        return np.log(m) - np.log(s2), np.sqrt(np.maximum(mpsi2 - mpsi * mpsi, 0) / W)
+
+
+def _reflect(metric, value, se, t):
+    """Bootstrap-t replicates mapped back to the metric: their percentile interval is the bootstrap-t interval."""
+    with np.errstate(all="ignore"):
+        if metric == "mean_error":
+            return value - se * t
+        if metric in ("mae", "mape"):
+            return value * np.exp(-se * t)
+        if metric == "rmse":
+            return value * np.exp(-0.5 * se * t)
+        return 1 - (1 - value) * np.exp(-se * t)
+
+
+def _hill(x):
+    """Hill estimate of the tail index of |x - mean(x)| on its top HILL_FRAC share (None if too few rows)."""
+    n = x.size
+    k = max(HILL_MIN, int(math.ceil(HILL_FRAC * n)))
+    if n < k + 2:
+        return None
+    a = np.abs(x - np.sum(x) / n)
+    top = np.partition(a, n - k - 1)[n - k - 1:]
+    xk = top[0]
+    if not xk > 0:
+        return math.inf
+    h = float(np.sum(np.log(top[1:] / xk))) / k
+    return math.inf if h <= 0 else 1.0 / h
+
+
+def _diagnose(x):
+    """Tail diagnostic of one metric's per-row term x (n,)."""
+    n = x.size
+    z = x - np.sum(x) / n
+    s2 = float(np.sum(z * z))
+    s4 = float(np.sum((z * z) ** 2))
+    kurt = n * s4 / (s2 * s2) if s2 > 0 else 0.0  # sample kurtosis m4 / m2^2 (3 for a normal term)
+    tail = _hill(x) if s2 > 0 else math.inf
+    why = []
+    if kurt > KURT_FRAC * n:
+        why.append(f"sample kurtosis of the per-row term {kurt:.4g} > {KURT_FRAC:g} x n = {KURT_FRAC * n:.4g}")
+    if tail is not None and tail < TAIL_MIN:
+        why.append(f"tail index of the per-row term {tail:.3g} < {TAIL_MIN:g} (its variance is likely infinite)")
+    return {"reliable": not why, "kurtosis": kurt, "kurtosis_limit": KURT_FRAC * n,
+            "tail_index": None if tail is None or math.isinf(tail) else tail, "tail_index_limit": TAIL_MIN,
+            "reason": ("heavy tails: " + "; ".join(why) + "; the interval may be too narrow") if why else None}
+
+
+def _top_rows(score, k):
+    """Sorted indices of the k largest scores; ties at the cut go to the lowest indices (a choice that depends on
+    the values only, never on how a selection algorithm happens to visit them)."""
+    n = score.size
+    cut = np.partition(score, n - k)[n - k]
+    above = np.flatnonzero(score > cut)
+    at = np.flatnonzero(score == cut)[: k - above.size]
+    return np.sort(np.concatenate([above, at]))
+
+
+def _factor(C, k):
+    """L with L @ L.T = C (C: covariance of the F terms, possibly singular), built so that the draw of the columns
+    that do not involve ape depends on their own block of C only: those columns are invariant to a shift of the
+    label, ape columns are not, and a joint eigen-decomposition would let the ape columns reshuffle every draw.
+    Non-ape block: eigen-decomposition of its correlation matrix (unit diagonal, so conditioning does not depend on
+    units). Ape block: regression on the non-ape block plus the residual covariance's own factor."""
+    F = C.shape[0]
+    ape = np.zeros(F, bool)
+    for q in range(k):
+        ape[[NC + NPER * q + APE, NC + NPER * q + APE2]] = True
+    a, b = np.flatnonzero(~ape), np.flatnonzero(ape)
+    perm = np.concatenate([a, b])
+
+    def sym_factor(M):
+        sc = np.sqrt(np.maximum(np.diag(M), 0))
+        sc[sc == 0] = 1.0
+        w, V = np.linalg.eigh(M / np.outer(sc, sc))
+        return sc[:, None] * (V * np.sqrt(np.clip(w, 0, None)))
+
+    Caa, Cba, Cbb = C[np.ix_(a, a)], C[np.ix_(b, a)], C[np.ix_(b, b)]
+    La = sym_factor(Caa)
+    G = Cba @ np.linalg.pinv(Caa, hermitian=True)  # regression of the ape columns on the others
+    Lb = sym_factor((Cbb - G @ Cba.T + (Cbb - G @ Cba.T).T) / 2)
+    L = np.zeros((F, F))
+    L[np.ix_(a, np.arange(a.size))] = La
+    L[np.ix_(b, np.arange(a.size))] = G @ La
+    L[np.ix_(b, a.size + np.arange(b.size))] = Lb
+    del perm
+    return L
+
+
+def _poisson1_table():
+    """Poisson(1) inverse CDF on 16-bit buckets: LUT[u] is the variate for every uniform in bucket u, AMB[u] marks
+    the few buckets (8 of 65536) that straddle a CDF step and need the exact comparison."""
+    cdf, p, c, k = [], math.exp(-1.0), 0.0, 0
+    while c < 1.0 and k < 40:
+        c += p
+        cdf.append(c)
+        k += 1
+        p /= k
+    cdf = np.array(cdf)
+    cdf = cdf[cdf < 1.0]
+    grid = np.arange(65537) / 65536.0
+    lo = np.searchsorted(cdf, grid[:-1], side="right")
+    hi = np.searchsorted(cdf, np.nextafter(grid[1:], 0), side="right")
+    return cdf, lo.astype(np.float64), lo != hi
+
+
+_CDF1, _LUT1, _AMB1 = _poisson1_table()
+
+
+def _poisson1(rng, shape):
+    """Exact Poisson(1) variates by inversion (to float64 resolution), about twice as fast as ``rng.poisson``: a
+    16-bit table lookup decides all but ~1e-4 of the draws; those get a full-precision uniform in their bucket."""
+    m = int(np.prod(shape))
+    u = np.frombuffer(rng.bytes(2 * m), dtype="<u2")  # little-endian: the same variates on every platform
+    w = _LUT1[u]
+    idx = np.flatnonzero(_AMB1[u])
+    if idx.size:
+        w[idx] = np.searchsorted(_CDF1, (u[idx] + rng.random(idx.size)) / 65536.0, side="right")
+    return w.reshape(shape)
+
+
+def _replicate_sums(X_exact, bulk, n_boot, seed, stream):
+    """(W (B,), S (B, F)) Poisson-bootstrap totals: exact weights for the rows of X_exact, CLT draw for the bulk."""
+    def block(i, size):
+        rng = bs.block_rng(seed, stream, i)
+        w = _poisson1(rng, (size, X_exact.shape[0]))
+        W = w.sum(axis=1)
+        S = w @ X_exact
+        if bulk is not None:
+            nb, mean_b, L = bulk
+            wb = rng.poisson(float(nb), size).astype(np.float64)
+            z = rng.standard_normal((size, L.shape[1]))
+            W = W + wb
+            S = S + wb[:, None] * mean_b[None, :] + z @ L.T
+        return W, S
+
+    blocks = bs.run_blocks(n_boot, block, threads=1)
+    return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
 
 
 def compute(merged, slices, *, metrics, n_boot, seed, families, role_family):
@@ -48,23 +233,25 @@ def compute(merged, slices, *, metrics, n_boot, seed, families, role_family):
     values = {r: {m: np.full(S, np.nan) for m in metrics} for r in roles}
     reasons = {r: {m: [None] * S for m in metrics} for r in roles}
     reps = {r: {m: np.full((n_boot, S), np.nan) for m in metrics} for r in roles} if n_boot else {}
+    diagnostics = {}
     for j in range(S):
         sel = atom_in[a, j] if A else np.zeros(0, bool)
         ys = y[sel]
         n = ys.size
         n_s[j] = n
-        cols = {}
+        mean_y = np.sum(ys) / n if n else 0.0
+        sst = float(np.sum((ys - mean_y) ** 2)) if n else 0.0
+        stats = {}
         for r in roles:
             e = preds[r][sel] - ys
-            ae = np.abs(e)
-            cols[r] = (e, ae, e * e, ae / np.maximum(np.abs(ys), EPS))
             if n:
-                mean_y = np.sum(ys) / n
-                sst = float(np.sum((ys - mean_y) ** 2))
-                sse = float(np.sum(cols[r][2]))
+                ae = np.abs(e)
+                sse = float(np.sum(e * e))
+                sape = float(np.sum(ae / np.maximum(np.abs(ys), EPS)))
                 v = {"mae": float(np.sum(ae)) / n, "rmse": float(np.sqrt(sse / n)),
                      "r2": 1 - sse / sst if (n >= 2 and sst > 0) else np.nan,
-                     "mape": float(np.sum(cols[r][3])) / n, "mean_error": float(np.sum(e)) / n}
+                     "mape": sape / n, "mean_error": float(np.sum(e)) / n}
+                stats[r] = (sse, sape)
             for m in metrics:
                 if n == 0:
                     reasons[r][m][j] = "empty slice"
@@ -78,29 +265,106 @@ def compute(merged, slices, *, metrics, n_boot, seed, families, role_family):
                 values[r][m][j] = np.nan
         if not n_boot or n < 2:
             continue
+        # work in units where the label spread, each model's RMSE and MAPE are 1: the studentized statistics are
+        # scale-free, and unit-size columns keep the sums of 4th powers and the covariance well conditioned
+        sy = math.sqrt(sst / n) if sst > 0 else 1.0
+        # d = y - mean(y) measured from one of the slice's own rows: y - y_ref is exact for labels on a common grid
+        # whatever their offset, where y - mean(y) would carry the rounding of the offset's magnitude
+        yr = ys - ys[0]
+        d = (yr - np.sum(yr) / n) / sy
+        del yr
+        scale = {r: (math.sqrt(stats[r][0] / n) or 1.0, stats[r][1] / n or 1.0) for r in roles}
+        ps = {r: preds[r][sel] for r in roles}
+        ayinv = 1.0 / np.maximum(np.abs(ys), EPS)
+
+        def cols(r, ix=slice(None)):
+            e = ps[r][ix] - ys[ix]
+            return e / scale[r][0], np.abs(e) * ayinv[ix] / scale[r][1]
+
+        diag_j = {"models": {}, "delta": {}}
+        for r in roles:
+            e, ape = cols(r)
+            dr = {}
+            for m in metrics:
+                if values[r][m][j] != values[r][m][j]:  # undefined metric: no interval to qualify
+                    continue
+                if m == "mean_error":
+                    x = e
+                elif m == "mae":
+                    x = np.abs(e)
+                elif m == "rmse":
+                    x = e * e
+                elif m == "mape":
+                    x = ape
+                else:
+                    # R^2 rests on two means, of e^2 and of (y - mean y)^2: it is as reliable as the worse of them
+                    de, dd = _diagnose(e * e), _diagnose(d * d)
+                    dr[m] = dict(de if not de["reliable"] or dd["reliable"] else dd, term="e^2 and (y - mean y)^2")
+                    if not de["reliable"] and not dd["reliable"]:
+                        dr[m]["reason"] = f"e^2: {de['reason']}; (y - mean y)^2: {dd['reason']}"
+                    continue
+                dr[m] = dict(_diagnose(x), term=TERM[m])
+            diag_j["models"][r] = dr
+        diagnostics[j] = diag_j
+
         for fam_idx, fam in enumerate(families):
-            X = [np.ones(n), ys, ys * ys]
-            for r in fam:
-                X += list(cols[r])
-            F = len(X)
-            mom = np.zeros((F, F))
-            step = 1 << 20
-            for s0 in range(0, n, step):
-                Xc = np.column_stack([x[s0:s0 + step] for x in X])
-                mom += Xc.T @ Xc
-            mean = mom[0]
-            w, V = np.linalg.eigh(mom)
-            L = V * np.sqrt(np.clip(w, 0, None))
-            point = _metrics_from_sums(mean[:, None], fam, metrics)
+            k = len(fam)
+            if n <= K_EXACT:
+                exact = slice(None)
+                bulk = None
+            else:
+                # the K_EXACT rows with the largest standardised |d| or |e - mean e| get exact weights (not ape:
+                # it changes with a shift of the label, and the choice of rows must not); ties go to the first rows
+                score = np.abs(d)
+                for r in fam:
+                    e = cols(r)[0]
+                    score = np.maximum(score, np.abs(e - np.sum(e) / n))
+                exact = _top_rows(score, K_EXACT)
+                del score
+                is_bulk = np.ones(n, bool)
+                is_bulk[exact] = False
 
-            def block(i, size, L=L, mean=mean, fam=fam, fam_idx=fam_idx, j=j):
-                rng = bs.block_rng(seed, fam_idx * 1_000_003 + j, i)
-                z = rng.standard_normal((L.shape[1], size))
-                return _metrics_from_sums(mean[:, None] + L @ z, fam, metrics)
+            def block_terms(ix):
+                return _terms(d[ix], *zip(*[cols(r, ix) for r in fam]))
 
-            blocks = bs.run_blocks(n_boot, block, threads=1)
-            for r in fam:
+            F = NC + NPER * k
+            X_exact = block_terms(exact)
+            S0 = np.zeros(F)
+            for lo in range(0, n, STEP):
+                S0 += block_terms(slice(lo, lo + STEP)).sum(axis=0)
+            if n > K_EXACT:
+                nb = n - K_EXACT
+                sum_b = S0 - X_exact.sum(axis=0)
+                mean_b = sum_b / nb
+                C = np.zeros((F, F))
+                for lo in range(0, n, STEP):
+                    Xc = block_terms(slice(lo, lo + STEP))[is_bulk[lo:lo + STEP]] - mean_b
+                    C += Xc.T @ Xc
+                bulk = (nb, mean_b, _factor(C, k))
+            Wb, Sb = _replicate_sums(X_exact, bulk, n_boot, seed, fam_idx * 1_000_003 + j)
+            for q, r in enumerate(fam):
                 for m in metrics:
-                    raw = np.concatenate([b[r][m] for b in blocks])
-                    reps[r][m][:, j] = raw - point[r][m][0] + values[r][m][j]
-    return {"n": n_s, "n_positive": None, "values": values, "reasons": reasons, "reps": reps}
+                    val = values[r][m][j]
+                    if val != val:
+                        continue
+                    phi0, se0 = (x[0] for x in _phi_se(m, np.array([float(n)]), S0[None, :], q))
+                    if not (np.isfinite(phi0) and se0 > 0):
+                        # degenerate (e.g. a perfect model: every resample gives the same value)
+                        reps[r][m][:, j] = val
+                        continue
+                    phi, se = _phi_se(m, Wb, Sb, q)
+                    with np.errstate(all="ignore"):
+                        t = np.where(se > 0, (phi - phi0) / se, np.where(phi == phi0, 0.0, np.nan))
+                    reps[r][m][:, j] = _reflect(m, val, se0, t)
+        if len(families) and len(families[0]) == 2:
+            b, c = families[0]
+            for m in metrics:
+                db, dc = diag_j["models"][b].get(m), diag_j["models"][c].get(m)
+                if db is None or dc is None:
+                    continue
+                why = [f"{role}: {dd['reason']}" for role, dd in (("baseline", db), ("candidate", dc))
+                       if not dd["reliable"]]
+                diag_j["delta"][m] = {"reliable": not why, "reason": "; ".join(why) or None}
+    return {"n": n_s, "n_positive": None, "values": values, "reasons": reasons, "reps": reps,
+            "diagnostics": diagnostics}
+
