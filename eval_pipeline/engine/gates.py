@@ -213,7 +213,7 @@ class _Test:
     gap: float | None  # signed distance of the estimate from the decision boundary, > 0 on the PASS side
 
 
-def _expand(result, gates):
+def _expand(result, gates, power=None):
     """The gate rows (dicts, untestable ones already carrying their reason) and the testable ones (:class:`_Test`)."""
     by_name = {s["slice"]: s for s in result.slices}
     paired = result.baseline is not None and result.candidate is not None
@@ -232,7 +232,7 @@ def _expand(result, gates):
                    "margin": g.margin if g.kind == "non_inferiority" else None,
                    "min": g.min, "max": g.max, "bound": None, "n": s["n"] if s else 0, "outcome": "INCONCLUSIVE",
                    "rule": "", "p_value": None, "adjusted_alpha": None,
-                   "replicates_used": None, "replicates_undefined": None, "se": None, "power": None, "mde": None,
+                   "replicates_used": None, "replicates_undefined": None, "se": None, "power": power, "mde": None,
                    "n_needed": None}
             rows.append(row)
             if s is None:
@@ -354,13 +354,16 @@ def _z(p):
     return NormalDist().inv_cdf(p)
 
 
-def _power_figures(t: _Test, row: dict, lev_pass: float, lev_fail: float, power: float):
-    """(se, mde, n_needed, text) of one testable row; see the module docstring."""
+def _power_figures(t: _Test, row: dict, lev_pass: float, lev_fail: float, power: float, blocked: str | None):
+    """(se, mde, n_needed, text) of one testable row; see the module docstring. ``blocked``: why no row of the
+    family can be decided (Holm with too few replicates), or None."""
     B = t.reps.size
     se = float(np.std(t.reps, ddof=1)) if B > 1 else None
     zp = _z(power)
     if se is None or not math.isfinite(se):
         return None, None, None, "; MDE unavailable (fewer than 2 defined replicates)"
+    if blocked:
+        return se, None, None, f"; no effect is detectable: {blocked}"
     if not _le(1.0 / (B + 1), lev_pass):
         # the row's PASS is out of reach whatever the effect: say what is missing instead of a meaningless MDE
         need = math.ceil((1.0 / lev_pass) * (1.0 - _REL_TOL)) - 1
@@ -419,15 +422,20 @@ def apply_gates(result, gates: list[GateDef], *, multiplicity: str = "holm", alp
         raise EngineInputError(f"power: expected 0 < power < 1, got {power}")
     gates = list(gates)
     _validate(result, gates)
-    rows, tests = _expand(result, gates)
+    rows, tests = _expand(result, gates, power)
     k = len(tests)
     n_boot = int(result.n_boot)
     need = required_replicates(k, alpha, multiplicity)
     resolution = {"k_rows": k, "n_boot": n_boot, "required_n_boot": need, "sufficient": n_boot >= need}
-    warnings = []
+    warnings, blocked = [], None
     if k and n_boot < need:
-        # not raised here: the rows are still reported (values, intervals, MDE), only no decision is reachable
+        # not raised here: the rows are still reported (values, intervals), only no decision is reachable
         warnings.append("resolution: " + _resolution_message(k, alpha, n_boot, multiplicity, need))
+        if multiplicity == "holm":
+            # Holm's step-down starts at alpha / k: if the smallest p-value cannot reach it, no row is ever tested
+            # at its own (larger) level, so no row has a detectable effect whatever its level says
+            blocked = (f"Holm's first step needs a p-value <= alpha/k = {alpha / k:.4g} and the smallest attainable "
+                       f"is 1/(B+1) = {1.0 / (n_boot + 1):.4g} (needs n_boot >= {need})")
     rej_p, lev_p = _adjust([t.p_pass for t in tests], alpha, multiplicity)
     rej_f, lev_f = _adjust([t.p_fail for t in tests], alpha, multiplicity)
     adj_name = {"holm": "Holm-adjusted", "bh": "BH-adjusted", "none": "unadjusted"}[multiplicity]
@@ -482,7 +490,7 @@ def apply_gates(result, gates: list[GateDef], *, multiplicity: str = "holm", alp
             row["rule"] += (f"; p-values and interval from the {used} defined replicates ({undef} of {used + undef} "
                             f"undefined and dropped: this conditions on resamples where the metric exists, so the "
                             f"interval may be too narrow)")
-        se, mde, n_needed, ptxt = _power_figures(t, row, a, lev_f[j], power)
+        se, mde, n_needed, ptxt = _power_figures(t, row, a, lev_f[j], power, blocked)
         row["se"], row["power"], row["mde"], row["n_needed"] = se, power, mde, n_needed
         row["rule"] += ptxt
     outcomes = [r["outcome"] for r in rows]
