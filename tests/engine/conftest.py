@@ -38,3 +38,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long simulation variants (tests/engine/test_simulation.py); run them "
+                                       "with `-m slow` or the full matrix with `python bench/sim_matrix.py`")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` tests are skipped unless selected explicitly (``-m slow``, ``-m "slow or ..."``) or
+    EVAL_SIM_SLOW=1 is set, so the default test command runs only the representative subset."""
+    import os
+
+    if "slow" in (config.getoption("markexpr", "") or "") or os.environ.get("EVAL_SIM_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow simulation variant: run with -m slow or EVAL_SIM_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords and item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
