@@ -38,7 +38,7 @@ from . import bootstrap as bs
 
 EPS = np.finfo(np.float64).eps
 K_EXACT = 4096  # rows per slice with exact Poisson weights (all rows below this size)
-STEP = 1 << 20  # rows per chunk for the sums over the bulk (memory bound, fixed so the sums' order is fixed)
+STEP = 1 << 18  # rows per chunk for the sums over the bulk (memory bound, fixed so the sums' order is fixed)
 KURT_FRAC = 0.1  # flag when the per-row term's sample kurtosis exceeds KURT_FRAC * n
 TAIL_MIN = 1.75  # flag when the Hill tail index of the per-row term is below this (variance infinite below 2)
 HILL_FRAC, HILL_MIN = 0.02, 20  # Hill estimator on the top 2 % of rows (at least 20)
@@ -52,11 +52,20 @@ TERM = {"mean_error": "e", "mae": "|e|", "rmse": "e^2", "mape": "|e|/|y|"}
 
 def _terms(d, es, apes):
     """(m, F) per-row terms for one chunk of rows (already centred and scaled)."""
-    cols = [d, d * d, (d * d) ** 2]
-    for e, ape in zip(es, apes):
-        e2 = e * e
-        cols += [e, np.abs(e), e2, e2 * e2, e2 * cols[1], ape, ape * ape]
-    return np.column_stack(cols)
+    X = np.empty((d.size, NC + NPER * len(es)))
+    np.multiply(d, d, out=X[:, D2])
+    X[:, D] = d
+    np.multiply(X[:, D2], X[:, D2], out=X[:, D4])
+    for q, (e, ape) in enumerate(zip(es, apes)):
+        c = NC + NPER * q
+        X[:, c + E] = e
+        np.abs(e, out=X[:, c + AE])
+        np.multiply(e, e, out=X[:, c + E2])
+        np.multiply(X[:, c + E2], X[:, c + E2], out=X[:, c + E4])
+        np.multiply(X[:, c + E2], X[:, D2], out=X[:, c + E2D2])
+        X[:, c + APE] = ape
+        np.multiply(ape, ape, out=X[:, c + APE2])
+    return X
 
 
 def _phi_se(metric, W, S, k):
@@ -93,14 +102,15 @@ def _reflect(metric, value, se, t):
         return 1 - (1 - value) * np.exp(-se * t)
 
 
-def _hill(x):
-    """Hill estimate of the tail index of |x - mean(x)| on its top HILL_FRAC share (None if too few rows)."""
-    n = x.size
+def _hill(a):
+    """Hill estimate of the tail index of a = |x - mean(x)| (partitioned in place) on its top HILL_FRAC share
+    (None if too few rows)."""
+    n = a.size
     k = max(HILL_MIN, int(math.ceil(HILL_FRAC * n)))
     if n < k + 2:
         return None
-    a = np.abs(x - np.sum(x) / n)
-    top = np.partition(a, n - k - 1)[n - k - 1:]
+    a.partition(n - k - 1)
+    top = a[n - k - 1:]
     xk = top[0]
     if not xk > 0:
         return math.inf
@@ -111,11 +121,13 @@ def _hill(x):
 def _diagnose(x):
     """Tail diagnostic of one metric's per-row term x (n,)."""
     n = x.size
-    z = x - np.sum(x) / n
-    s2 = float(np.sum(z * z))
-    s4 = float(np.sum((z * z) ** 2))
+    a = np.abs(x - np.sum(x) / n)
+    sq = a * a
+    s2 = float(np.sum(sq))
+    s4 = float(np.dot(sq, sq))
+    del sq
     kurt = n * s4 / (s2 * s2) if s2 > 0 else 0.0  # sample kurtosis m4 / m2^2 (3 for a normal term)
-    tail = _hill(x) if s2 > 0 else math.inf
+    tail = _hill(a) if s2 > 0 else math.inf
     why = []
     if kurt > KURT_FRAC * n:
         why.append(f"sample kurtosis of the per-row term {kurt:.4g} > {KURT_FRAC:g} x n = {KURT_FRAC * n:.4g}")
@@ -236,6 +248,8 @@ def compute(merged, slices, *, metrics, n_boot, seed, families, role_family):
     diagnostics = {}
     for j in range(S):
         sel = atom_in[a, j] if A else np.zeros(0, bool)
+        if sel.all():
+            sel = slice(None)  # every row (the overall slice): views, not copies
         ys = y[sel]
         n = ys.size
         n_s[j] = n
@@ -282,6 +296,7 @@ def compute(merged, slices, *, metrics, n_boot, seed, families, role_family):
             return e / scale[r][0], np.abs(e) * ayinv[ix] / scale[r][1]
 
         diag_j = {"models": {}, "delta": {}}
+        diag_cache = {}
         for r in roles:
             e, ape = cols(r)
             dr = {}
@@ -298,7 +313,9 @@ def compute(merged, slices, *, metrics, n_boot, seed, families, role_family):
                     x = ape
                 else:
                     # R^2 rests on two means, of e^2 and of (y - mean y)^2: it is as reliable as the worse of them
-                    de, dd = _diagnose(e * e), _diagnose(d * d)
+                    if "d2" not in diag_cache:
+                        diag_cache["d2"] = _diagnose(d * d)
+                    de, dd = _diagnose(e * e), diag_cache["d2"]
                     dr[m] = dict(de if not de["reliable"] or dd["reliable"] else dd, term="e^2 and (y - mean y)^2")
                     if not de["reliable"] and not dd["reliable"]:
                         dr[m]["reason"] = f"e^2: {de['reason']}; (y - mean y)^2: {dd['reason']}"
@@ -355,7 +372,9 @@ def compute(merged, slices, *, metrics, n_boot, seed, families, role_family):
                     phi, se = _phi_se(m, Wb, Sb, q)
                     with np.errstate(all="ignore"):
                         t = np.where(se > 0, (phi - phi0) / se, np.where(phi == phi0, 0.0, np.nan))
-                    reps[r][m][:, j] = _reflect(m, val, se0, t)
+                    # mean error is studentized on its own scale (the others on a log scale, free of units):
+                    # back to the label's units
+                    reps[r][m][:, j] = _reflect(m, val, se0 * (scale[r][0] if m == "mean_error" else 1.0), t)
         if len(families) and len(families[0]) == 2:
             b, c = families[0]
             for m in metrics:

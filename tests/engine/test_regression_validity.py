@@ -138,6 +138,9 @@ def test_deterministic_whatever_row_order_and_chunking():
 
 # ---------------------------------------------------------------- coverage
 
+COV_METRICS = ["rmse", "mae", "r2", "mean_error"]
+
+
 def _innov(kind, rng, N):
     if kind == "gauss":
         return rng.normal(size=N)
@@ -156,8 +159,9 @@ def _truth(kind):
     var = {"gauss": 1.0, "t3": 3.0, "lognorm": (np.e - 1) * np.e}[kind]
     eb, ec = _errors(kind, np.random.default_rng(123), 4_000_000)  # MAE of the mixed errors by simulation
     mae_b = np.sqrt(2 / np.pi) if kind == "gauss" else float(np.mean(np.abs(eb)))
-    return {"baseline": {"rmse": np.sqrt(var), "mae": mae_b, "r2": 1 - var / 9},
-            "candidate": {"rmse": 0.9 * np.sqrt(var), "mae": float(np.mean(np.abs(ec))), "r2": 1 - 0.81 * var / 9}}
+    return {"baseline": {"rmse": np.sqrt(var), "mae": mae_b, "r2": 1 - var / 9, "mean_error": 0.0},
+            "candidate": {"rmse": 0.9 * np.sqrt(var), "mae": float(np.mean(np.abs(ec))), "r2": 1 - 0.81 * var / 9,
+                          "mean_error": 0.0}}
 
 
 def _coverage(kind, R, n, B, seed, captured):
@@ -166,14 +170,14 @@ def _coverage(kind, R, n, B, seed, captured):
     eb, ec = _errors(kind, rng, R * n)
     df = pd.DataFrame({"y": y, "b": y + eb, "c": y + ec, "rep": np.repeat(np.arange(R), n)})
     res = evaluate(df, task_type="regression", label="y", predictions={"baseline": "b", "candidate": "c"},
-                   slices=SliceConfig(columns=["rep"], max_values=R), metrics=["rmse", "mae", "r2"], n_boot=B,
+                   slices=SliceConfig(columns=["rep"], max_values=R), metrics=COV_METRICS, n_boot=B,
                    seed=seed)
     diag = captured["out"]["diagnostics"]
     T = _truth(kind)
     rows = {}
     sl = res.slices[1:]
     for role in ("baseline", "candidate", "delta"):
-        for m in ("rmse", "mae", "r2"):
+        for m in COV_METRICS:
             if role == "delta":
                 if m == "r2":
                     continue
@@ -196,7 +200,7 @@ def _coverage(kind, R, n, B, seed, captured):
 
 def _check(kind, rows, overall, R):
     se = np.sqrt(0.95 * 0.05 / R)
-    valid = {("baseline", "mae"), ("candidate", "mae"), ("delta", "mae")}
+    valid = {(r, m) for r in ("baseline", "candidate", "delta") for m in ("mae", "mean_error")}
     if kind == "gauss":
         valid |= {(r, m) for r in ("baseline", "candidate") for m in ("rmse", "r2")} | {("delta", "rmse")}
     for key, (cov, flagged, _) in rows.items():
