@@ -24,23 +24,6 @@ def binary_df():
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long seeded simulation variants; skipped unless EVAL_SLOW=1 or "
-                                       "selected with -m slow")
-
-
-def pytest_collection_modifyitems(config, items):
-    # The default run keeps a representative subset (CI time, shared cores); the long variants only add precision.
-    import os
-
-    if os.environ.get("EVAL_SLOW") == "1" or "slow" in (config.getoption("markexpr") or "").replace("not slow", ""):
-        return
-    skip = pytest.mark.skip(reason="slow simulation variant: set EVAL_SLOW=1 or pass -m slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
-
-
-def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long simulation variants (tests/engine/test_simulation.py); run them "
                                        "with `-m slow` or the full matrix with `python bench/sim_matrix.py`")
 
