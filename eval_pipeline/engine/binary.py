@@ -271,7 +271,7 @@ def compute(merged, slices, *, metrics, threshold, ece_bins, n_boot, seed, famil
                     fam_reps[r].update(got[r])
             if cell_metrics:
                 got = score_cells.replicates(rows, load_rows, atom_in, n_s, fam, fam_idx, values, cell_metrics,
-                                             role_eps, n_boot, seed)
+                                             role_eps, ece_edges, n_boot, seed)
                 for r in got:
                     fam_reps[r].update(got[r])
             reps.update(fam_reps)

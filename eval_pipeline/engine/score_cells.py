@@ -34,9 +34,10 @@ import scipy.sparse as sp
 
 from . import bootstrap as bs
 
-METRICS = ("roc_auc", "average_precision", "log_loss", "brier")
+METRICS = ("roc_auc", "average_precision", "log_loss", "brier", "ece")
 Q_LL = float(1 << 26)  # fixed-point quanta of the per-row log loss / Brier term (exact integer sums)
 Q_BR = float(1 << 32)
+Q_S = float(1 << 32)
 SAMPLE_CAP = 1 << 17  # rows per slice used for the edges (all rows of a smaller slice)
 _FR_ALL = np.unique(np.concatenate([np.arange(1, 16) / 16, [1 / 128, 1 / 32, 1 - 1 / 32, 1 - 1 / 128]]))
 _FR_CLASS = np.unique(np.concatenate([np.arange(1, 8) / 8, [1 / 32, 1 - 1 / 32]]))
@@ -87,7 +88,7 @@ def _take(arr, ranges):
 def _losses(s, y, eps):
     p1 = np.where(y == 1, s, 1 - s)
     ll = -np.log(np.clip(p1, eps, 1 - eps))
-    return np.rint(ll * Q_LL), np.rint((s - y) ** 2 * Q_BR)
+    return np.rint(ll * Q_LL), np.rint((s - y) ** 2 * Q_BR), np.rint(s * Q_S)
 
 
 def _by_worker(rows, load, fn, workers: int = 2):
@@ -103,8 +104,12 @@ def _by_worker(rows, load, fn, workers: int = 2):
         return list(ex.map(run, range(workers)))
 
 
-def build_cells(rows, load, atom_in: np.ndarray, slice_n: np.ndarray, fam, eps: dict):
-    """Per slice: (edges per role, cell keys, counts, integer loss sums (2 per role)), from the row pieces.
+def build_cells(rows, load, atom_in: np.ndarray, slice_n: np.ndarray, fam, eps: dict, ece_edges: np.ndarray):
+    """Per slice: (bin maps per role, cell keys, counts, integer sums of log loss, Brier term and score per role).
+
+    A role's cell bins are its rank edges (order statistics) refined by the ECE edges, so each bin lies inside one ECE
+    bin; the rank metrics use the bins of the rank edges alone (``rank_of``), which keeps two models with the same
+    ranking on identical partitions.
 
     Two passes over the pieces: the edge sample, then the cells (numpy releases the GIL in the heavy calls, so the
     pieces are shared between two threads)."""
@@ -145,12 +150,18 @@ def build_cells(rows, load, atom_in: np.ndarray, slice_n: np.ndarray, fam, eps: 
         yy = np.concatenate([t[0] for t in got])
         edges.append([slice_edges(np.concatenate([t[1][k] for t in got]), yy) for k in range(len(fam))])
     del parts
+    inner = ece_edges[1:-1]
+    fine = [[np.union1d(e, inner) for e in edges[j]] for j in range(S)]
+    maps = [[(np.concatenate([[0], np.searchsorted(e, f, side="right")]),
+              np.clip(np.searchsorted(ece_edges, np.concatenate([[0.0], f]), side="right") - 1, 0, inner.size))
+             for e, f in zip(edges[j], fine[j])] for j in range(S)]
+    edges = fine
     sizes = [[e.size + 1 for e in edges[j]] for j in range(S)]
     space = [2 * int(np.prod(sz)) for sz in sizes]
 
     def cells(pieces):
         cnt = [np.zeros(space[j], np.int64) if slice_n[j] else None for j in range(S)]
-        sums = [np.zeros((2 * len(fam), space[j]), np.int64) if slice_n[j] else None for j in range(S)]
+        sums = [np.zeros((3 * len(fam), space[j]), np.int64) if slice_n[j] else None for j in range(S)]
         for piece in pieces:
             y = piece["label"]
             losses = [_losses(piece[f"score:{r}"], y, eps[r]) for r in fam]
@@ -167,9 +178,9 @@ def build_cells(rows, load, atom_in: np.ndarray, slice_n: np.ndarray, fam, eps: 
                     key = key * sizes[j][k] + b
                 cnt[j] += np.bincount(key, minlength=space[j])
                 for k in range(len(fam)):
-                    for q in range(2):
+                    for q in range(3):
                         w = _take(losses[k][q], rg)
-                        sums[j][2 * k + q] += np.bincount(key, weights=w, minlength=space[j]).astype(np.int64)
+                        sums[j][3 * k + q] += np.bincount(key, weights=w, minlength=space[j]).astype(np.int64)
         return cnt, sums
 
     parts = _by_worker(rows, load, cells)
@@ -185,33 +196,40 @@ def build_cells(rows, load, atom_in: np.ndarray, slice_n: np.ndarray, fam, eps: 
             out.append(None)
             continue
         nz = np.flatnonzero(cnt[j])
-        out.append((sizes[j], nz, cnt[j][nz], sums[j][:, nz]))
+        out.append((sizes[j], nz, cnt[j][nz], sums[j][:, nz], maps[j]))
     return out
 
 
-def _features(per_slice, fam):
+def _features(per_slice, fam, E):
     """Sparse (features x cells) matrix over every slice's cells, and the cell counts. Features, per slice and role:
-    the negative and the positive histogram over the role's bins (padded to a common ``G`` so every slice has the
-    same layout and the metrics are computed for all slices at once), then the log-loss and Brier sums."""
+    the negative and the positive histogram over the role's rank bins (padded to a common ``G`` so every slice has
+    the same layout and the metrics are computed for all slices at once), the log-loss and Brier sums, and per ECE
+    bin the positives and the score sum."""
     R = len(fam)
-    G = max((max(c[0]) for c in per_slice if c is not None), default=1)
-    F = 2 * G + 2
+    G = max((int(m[0].max()) + 1 for c in per_slice if c is not None for m in c[4]), default=1)
+    F = 2 * G + 2 + 2 * E
     rows, cols, data, counts, off = [], [], [], [], 0
     for j, cells in enumerate(per_slice):
         if cells is None or cells[1].size == 0:
             continue
-        sizes, keys, cnt, sums = cells
+        sizes, keys, cnt, sums, maps = cells
         rest = keys.copy()
         bins = [None] * R
         for k in reversed(range(R)):
             rest, bins[k] = np.divmod(rest, sizes[k])
+        y = rest
         ci = off + np.arange(keys.size)
         cf = cnt.astype(np.float64)
+        pos = np.flatnonzero(y == 1)
         for k in range(R):
+            rank_of, ece_of = maps[k]
             base = (j * R + k) * F
-            rows += [base + rest * G + bins[k], np.full(keys.size, base + 2 * G), np.full(keys.size, base + 2 * G + 1)]
-            cols += [ci, ci, ci]
-            data += [np.ones(keys.size), sums[2 * k] / Q_LL / cf, sums[2 * k + 1] / Q_BR / cf]
+            eb = ece_of[bins[k]]
+            rows += [base + y * G + rank_of[bins[k]], np.full(keys.size, base + 2 * G),
+                     np.full(keys.size, base + 2 * G + 1), base + 2 * G + 2 + eb[pos], base + 2 * G + 2 + E + eb]
+            cols += [ci, ci, ci, ci[pos], ci]
+            data += [np.ones(keys.size), sums[3 * k] / Q_LL / cf, sums[3 * k + 1] / Q_BR / cf, np.ones(pos.size),
+                     sums[3 * k + 2] / Q_S / cf]
         counts.append(cnt)
         off += keys.size
     S = len(per_slice)
@@ -221,8 +239,8 @@ def _features(per_slice, fam):
     return M, np.concatenate(counts), G
 
 
-def _metrics(H, G):
-    """AUC, AP, log loss, Brier from H of shape (S, R, 2G + 2, b) -> metric -> (S, R, b)."""
+def _metrics(H, G, E):
+    """AUC, AP, log loss, Brier, ECE from H of shape (S, R, F, b) (layout of :func:`_features`) -> (S, R, b)."""
     neg, pos = H[:, :, :G], H[:, :, G:2 * G]
     P, N = pos.sum(2), neg.sum(2)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -233,27 +251,31 @@ def _metrics(H, G):
         prec = tp_ge / np.where(tot_ge > 0, tot_ge, 1)
         ap = (pos * prec).sum(2) / P
         n = P + N
+        e0 = 2 * G + 2
+        ece = np.abs(H[:, :, e0:e0 + E] - H[:, :, e0 + E:e0 + 2 * E]).sum(2) / n
+        ok = n > 0
         return {"roc_auc": np.where((P > 0) & (N > 0), auc, np.nan), "average_precision": np.where(P > 0, ap, np.nan),
-                "log_loss": np.where(n > 0, H[:, :, 2 * G] / n, np.nan),
-                "brier": np.where(n > 0, H[:, :, 2 * G + 1] / n, np.nan)}
+                "log_loss": np.where(ok, H[:, :, 2 * G] / n, np.nan), "brier": np.where(ok, H[:, :, 2 * G + 1] / n, np.nan),
+                "ece": np.where(ok, ece, np.nan)}
 
 
-def replicates(rows, load, atom_in, slice_n, fam, fam_idx, values, metrics, eps, n_boot, seed):
+def replicates(rows, load, atom_in, slice_n, fam, fam_idx, values, metrics, eps, ece_edges, n_boot, seed):
     """role -> metric -> (n_boot, S) recentred replicates of the score metrics in ``metrics``."""
     wanted = [m for m in METRICS if m in metrics]
     S, R = atom_in.shape[1], len(fam)
     reps = {r: {m: np.full((n_boot, S), np.nan) for m in wanted} for r in fam}
     if not wanted or n_boot == 0:
         return reps
-    M, counts, G = _features(build_cells(rows, load, atom_in, slice_n, fam, eps), fam)
+    E = ece_edges.size - 1
+    M, counts, G = _features(build_cells(rows, load, atom_in, slice_n, fam, eps, ece_edges), fam, E)
     if M is None:
         return reps
-    shape = (S, R, 2 * G + 2, -1)
-    point = _metrics((M @ counts.astype(np.float64)[:, None]).reshape(shape), G)
+    shape = (S, R, 2 * G + 2 + 2 * E, -1)
+    point = _metrics((M @ counts.astype(np.float64)[:, None]).reshape(shape), G, E)
 
     def block(i, size):
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), _SEED_TAG, fam_idx, i])))
-        out = _metrics((M @ bs.poisson_cells(rng, counts, size)).reshape(shape), G)
+        out = _metrics((M @ bs.poisson_cells(rng, counts, size)).reshape(shape), G, E)
         return {m: out[m] for m in wanted}
 
     blocks = bs.run_blocks(n_boot, block)
