@@ -12,7 +12,7 @@ What gets seeded (lake-relative paths)::
     incoming/flights/2013-MM.parquet         one file per (local) month: the landing zone the sensors watch
     specs/flights_delay.yaml                 the packaged spec, so the lake describes itself
     registry/flights_delay/1/                baseline: logistic regression (skops), champion
-    registry/flights_delay/2/                candidate: gradient boosting (joblib), trained through a buggy extract
+    registry/flights_delay/2/                candidate: gradient boosting (skops), trained through a buggy extract
     training/flights_delay/<version>/extract.parquet   the exact rows and labels each version was fitted on
 
 The story the evaluation should tell: the candidate is better overall, but its training extract took Endeavor Air's
@@ -255,32 +255,40 @@ def canonical_skops(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def skops_bytes(model, check_rows: pd.DataFrame | None = None) -> bytes:
-    """Serialise with skops (canonical bytes) and refuse a file that needs types beyond skops' default trust.
+def skops_bytes(model, check_rows: pd.DataFrame | None = None, trusted: Sequence[str] = ()) -> bytes:
+    """Serialise with skops (canonical bytes) and refuse a file that needs types beyond skops' defaults + ``trusted``.
 
+    ``trusted`` is the operator's allowlist (the task spec's model.trusted_types), never the file's own list.
     With ``check_rows``, the canonicalised file is loaded back and must predict exactly what ``model`` predicts.
     """
     import skops.io as sio
 
     data = canonical_skops(sio.dumps(model))
-    untrusted = sio.get_untrusted_types(data=data)
+    untrusted = [t for t in sio.get_untrusted_types(data=data) if t not in trusted]
     if untrusted:
-        raise ValueError(f"skops file would need untrusted types {untrusted}; the sklearn-skops baseline must load "
-                         f"with skops' default trust only")
+        raise ValueError(f"skops file would need untrusted types {untrusted}; it must load with skops' default "
+                         f"trust plus the spec's model.trusted_types {list(trusted)} only")
     if check_rows is not None:
-        loaded = sio.loads(data)
+        loaded = sio.loads(data, trusted=list(trusted) or None)
         method = "predict_proba" if hasattr(model, "predict_proba") else "predict"
         if not np.array_equal(getattr(loaded, method)(check_rows), getattr(model, method)(check_rows)):
             raise ValueError("canonicalised skops file does not reproduce the model's predictions")
     return data
 
 
-def joblib_bytes(model) -> bytes:
-    import joblib
+def _spec_trusted_types(task: str) -> list[str]:
+    """The allowlist the operator wrote in the task's packaged spec (model.trusted_types)."""
+    from .spec import load_spec
 
-    buf = io.BytesIO()
-    joblib.dump(model, buf)
-    return buf.getvalue()
+    return list(load_spec(packaged_spec_path(task)).model.trusted_types)
+
+
+def _check(task: str, rows: pd.DataFrame):
+    """register's load-and-score check against the packaged spec of ``task`` on a few training rows."""
+    from .registry import ArtifactCheck
+    from .spec import load_spec
+
+    return ArtifactCheck(spec=load_spec(packaged_spec_path(task)), rows=rows.head(20))
 
 
 def _landed_files(lake: Lake, source: str, months: Sequence[int]) -> list[dict]:
@@ -318,7 +326,7 @@ def _training_data(lake: Lake, source: str, train_months: Sequence[int], data: p
 
 def train_and_register(lake: Lake, frame: pd.DataFrame, *, model_name: str = "flights_delay",
                        train_months: Sequence[int] = TRAIN_MONTHS, source: str = SOURCE, seed: int = 0) -> dict:
-    """Train and register the baseline (v1, skops, champion) and the candidate (v2, joblib) for flights_delay.
+    """Train and register the baseline (v1, skops, champion) and the candidate (v2, skops) for flights_delay.
 
     Versions already registered are skipped (idempotent); the champion is set only if there is none yet.
     Returns ``{"name", "versions": {version: {"sha256", "flavor", "skipped", "seconds"}}, "champion"}``.
@@ -339,7 +347,8 @@ def train_and_register(lake: Lake, frame: pd.DataFrame, *, model_name: str = "fl
         extract = _write_extract(lake, model_name, "1", train, "delayed", fitted["fit_ids"])
         features = BASELINE_CATEGORICAL + BASELINE_NUMERIC
         m = registry.register(
-            model_name, "1", skops_bytes(model, check_rows=train.head(500)), flavor="sklearn-skops", artifact_name="model.skops",
+            model_name, "1", skops_bytes(model, check_rows=train.head(500)), flavor="sklearn-skops",
+            artifact_name="model.skops", check=_check("flights_delay", train),
             training_data=_training_data(lake, source, train_months, train, fitted, extract, features, "delayed"),
             metrics_of_record=fitted["metrics"],
             tags={"role": "baseline", "algorithm": "LogisticRegression", "features": ",".join(features),
@@ -364,8 +373,12 @@ def train_and_register(lake: Lake, frame: pd.DataFrame, *, model_name: str = "fl
         known_issue = (f"{int(hit.sum())} training rows of carrier {BUG_CARRIER} from 2013-{BUG_FROM_MONTH:02d} on "
                        f"were labelled from a partner feed whose delay sign is reversed (scheduled - actual), "
                        f"so 'delayed' meant 'arrived > 15 min early' for them")
+        # Stored as skops (a safe format): its TreePredictor objects load because the spec's model.trusted_types
+        # lists them, not because the file says so.
         m = registry.register(
-            model_name, "2", joblib_bytes(model), flavor="sklearn-joblib", artifact_name="model.joblib",
+            model_name, "2", skops_bytes(model, check_rows=train.head(500),
+                                         trusted=_spec_trusted_types("flights_delay")),
+            flavor="sklearn-skops", artifact_name="model.skops", check=_check("flights_delay", train),
             training_data=_training_data(lake, source, train_months, buggy, fitted, extract, features, "delayed",
                                          known_issue=known_issue, rows_affected=int(hit.sum())),
             metrics_of_record=fitted["metrics"],
@@ -387,7 +400,7 @@ def train_and_register(lake: Lake, frame: pd.DataFrame, *, model_name: str = "fl
 def train_and_register_regression(lake: Lake, frame: pd.DataFrame, *, model_name: str = "flights_arr_delay",
                                   train_months: Sequence[int] = TRAIN_MONTHS, source: str = SOURCE,
                                   seed: int = 0) -> dict:
-    """Baseline (v1, one-hot ridge, skops, champion) and candidate (v2, gradient boosting, joblib) for arr_delay."""
+    """Baseline (v1, one-hot ridge, skops, champion) and candidate (v2, gradient boosting, skops) for arr_delay."""
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.linear_model import Ridge
@@ -402,7 +415,7 @@ def train_and_register_regression(lake: Lake, frame: pd.DataFrame, *, model_name
         "1": (lambda: Pipeline([("prep", ColumnTransformer([
                   ("categorical", OneHotEncoder(handle_unknown="ignore"), BASELINE_CATEGORICAL),
                   ("numeric", StandardScaler(), BASELINE_NUMERIC)])), ("model", Ridge(alpha=1.0))]),
-              "sklearn-skops", "model.skops", skops_bytes, BASELINE_CATEGORICAL + BASELINE_NUMERIC, "Ridge"),
+              "sklearn-skops", "model.skops", BASELINE_CATEGORICAL + BASELINE_NUMERIC, "Ridge"),
         "2": (lambda: Pipeline([("prep", ColumnTransformer([
                   ("categorical", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan,
                                                  encoded_missing_value=np.nan), CANDIDATE_CATEGORICAL),
@@ -410,18 +423,19 @@ def train_and_register_regression(lake: Lake, frame: pd.DataFrame, *, model_name
                   ("model", HistGradientBoostingRegressor(
                       categorical_features=[True] * len(CANDIDATE_CATEGORICAL) + [False] * len(CANDIDATE_NUMERIC),
                       loss="absolute_error", max_iter=200, early_stopping=False, random_state=0))]),
-              "sklearn-joblib", "model.joblib", joblib_bytes, CANDIDATE_CATEGORICAL + CANDIDATE_NUMERIC,
+              "sklearn-skops", "model.skops", CANDIDATE_CATEGORICAL + CANDIDATE_NUMERIC,
               "HistGradientBoostingRegressor"),
     }
-    for version, (build, flavor, artifact, dump, features, algorithm) in builds.items():
+    trusted = _spec_trusted_types("flights_arr_delay")
+    for version, (build, flavor, artifact, features, algorithm) in builds.items():
         if version in existing:
             out["versions"][version] = {"sha256": registry.manifest(model_name, version).sha256, "skipped": True}
             continue
         model, fitted = _fit_with_holdout(build(), train, "arr_delay", seed, _regression_holdout)
         extract = _write_extract(lake, model_name, version, train, "arr_delay", fitted["fit_ids"])
         m = registry.register(
-            model_name, version, dump(model) if dump is joblib_bytes else dump(model, check_rows=train.head(500)),
-            flavor=flavor, artifact_name=artifact,
+            model_name, version, skops_bytes(model, check_rows=train.head(500), trusted=trusted),
+            flavor=flavor, artifact_name=artifact, check=_check("flights_arr_delay", train),
             training_data=_training_data(lake, source, train_months, train, fitted, extract, features, "arr_delay"),
             metrics_of_record=fitted["metrics"],
             tags={"role": "baseline" if version == "1" else "candidate", "algorithm": algorithm},

@@ -1,9 +1,11 @@
 """Scoring: turn a registered model version into predictions for a snapshot's evaluation rows, in batches.
 
 Flavors
-- ``sklearn-skops``: loaded with skops; only types skops trusts by default plus the operator's allowlist
-  (EVAL_TRUSTED_TYPES, comma-separated) are allowed. The file's own list of types is never trusted blindly.
-- ``sklearn-joblib``: a pickle; loaded only after its sha256 matched the manifest (Registry.verified_artifact).
+- ``sklearn-skops``: loaded with skops; only types skops trusts by default plus the operator's allowlist (the spec's
+  ``model.trusted_types`` and EVAL_TRUSTED_TYPES, comma-separated) are allowed. The file's own list of types is never
+  trusted.
+- ``sklearn-joblib``: a pickle; refused unless the operator sets EVAL_ALLOW_PICKLE=1 (a warning is logged each time
+  one is loaded), and then loaded only after its sha256 matched the manifest (Registry.verified_artifact).
 - ``predictions``: scores computed elsewhere (a service, an LLM pipeline), a parquet keyed by row id.
 
 Output: ``predictions/<task>/<snapshot_id>/<model>/<version>.parquet`` with the id column and the score columns, in
@@ -12,7 +14,7 @@ snapshot order, one row per evaluation row. It is re-used when the same snapshot
 
 import io
 import itertools
-import os
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +24,11 @@ import pyarrow as pa
 
 from .lake import Lake
 from .registry import ModelManifest, Registry, RegistryError
+from .settings import PICKLE_WARNING, load_settings, pickle_refusal
 from .snapshot import Snapshot, eval_rows
 from .spec import EvalSpec
+
+log = logging.getLogger(__name__)
 
 
 class ScoringError(ValueError):
@@ -41,8 +46,13 @@ def score_columns(spec: EvalSpec) -> list[str]:
 
 
 def trusted_types_from_env() -> list[str]:
-    raw = os.environ.get("EVAL_TRUSTED_TYPES", "")
-    return [t.strip() for t in raw.split(",") if t.strip()]
+    return list(load_settings(warn=False).trusted_types)
+
+
+def trusted_types_for(spec: EvalSpec, extra: list[str] | None = None) -> list[str]:
+    """The operator's allowlist for a task: the spec's model.trusted_types plus ``extra`` (default EVAL_TRUSTED_TYPES)."""
+    extra = trusted_types_from_env() if extra is None else list(extra)
+    return list(dict.fromkeys(list(spec.model.trusted_types) + extra))
 
 
 @dataclass
@@ -52,24 +62,40 @@ class LoadedModel:
     predictions: pd.DataFrame | None = None  # indexed by id for the predictions flavor
 
 
-def load_model(registry: Registry, manifest: ModelManifest, trusted_types: list[str] | None = None) -> LoadedModel:
-    data = registry.verified_artifact(manifest)  # sha256 checked before anything is deserialised
-    ref = manifest.ref
-    if manifest.flavor == "sklearn-skops":
-        import skops.io as sio
+def load_skops(data: bytes, trusted: list[str], what: str):
+    """Load skops bytes allowing skops' default types plus ``trusted`` only; ScoringError naming ``what`` otherwise."""
+    import skops.io as sio
 
-        trusted = trusted_types if trusted_types is not None else trusted_types_from_env()
+    try:
         untrusted = [t for t in sio.get_untrusted_types(data=data) if t not in trusted]
-        if untrusted:
-            raise ScoringError(f"model {ref}: the skops file contains types that are not trusted: {untrusted}. "
-                               f"If you trust them, add them to EVAL_TRUSTED_TYPES (comma-separated).")
-        try:
-            return LoadedModel(manifest, model=sio.loads(data, trusted=trusted or None))
-        except Exception as exc:  # noqa: BLE001 - any failure here is the artifact's fault
-            raise ScoringError(f"model {ref}: skops could not load the artifact: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - not a skops file at all
+        raise ScoringError(f"{what}: not a readable skops file: {type(exc).__name__}: {exc}") from None
+    if untrusted:
+        raise ScoringError(f"{what}: the skops file contains types that are not trusted: {untrusted}. If you trust "
+                           f"them, list them in the spec's model.trusted_types or in EVAL_TRUSTED_TYPES "
+                           f"(comma-separated).")
+    try:
+        return sio.loads(data, trusted=trusted or None)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the artifact's fault
+        raise ScoringError(f"{what}: skops could not load the artifact: {type(exc).__name__}: {exc}") from None
+
+
+def load_model(registry: Registry, manifest: ModelManifest, trusted_types: list[str] | None = None,
+               allow_pickle: bool | None = None) -> LoadedModel:
+    """Load a verified artifact. ``trusted_types`` default: EVAL_TRUSTED_TYPES; ``allow_pickle`` default:
+    EVAL_ALLOW_PICKLE (both parsed by eval_pipeline.settings)."""
+    ref = manifest.ref
+    if manifest.flavor == "sklearn-joblib":  # refused before the bytes are even read
+        if not (load_settings(warn=False).allow_pickle if allow_pickle is None else allow_pickle):
+            raise ScoringError(pickle_refusal(f"model {ref}"))
+    data = registry.verified_artifact(manifest)  # sha256 checked before anything is deserialised
+    if manifest.flavor == "sklearn-skops":
+        trusted = trusted_types if trusted_types is not None else trusted_types_from_env()
+        return LoadedModel(manifest, model=load_skops(data, trusted, f"model {ref}"))
     if manifest.flavor == "sklearn-joblib":
         import joblib
 
+        log.warning("unpickling model %s (sha256 %s…): %s", ref, manifest.sha256[:16], PICKLE_WARNING)
         try:
             return LoadedModel(manifest, model=joblib.load(io.BytesIO(data)))
         except Exception as exc:  # noqa: BLE001
@@ -92,21 +118,28 @@ def _predict_batch(loaded: LoadedModel, features: pd.DataFrame, spec: EvalSpec) 
             out = loaded.model.predict_proba(features)
     except Exception as exc:  # noqa: BLE001 - a model that raises is reported, not propagated raw
         raise ScoringError(f"model {ref} raised while scoring {len(features)} rows: {type(exc).__name__}: {exc}") from None
-    out = np.asarray(out, dtype="float64")
-    n = len(features)
+    return shape_output(out, len(features), spec, f"model {ref}")
+
+
+def shape_output(out, n: int, spec: EvalSpec, what: str) -> np.ndarray:
+    """A model's raw output for ``n`` rows as the score array of the task (binary: P(positive)), or ScoringError."""
+    try:
+        out = np.asarray(out, dtype="float64")
+    except (TypeError, ValueError) as exc:
+        raise ScoringError(f"{what}: the model's output is not numeric: {exc}") from None
     if spec.task_type == "binary_classification":
         if out.ndim == 2 and out.shape == (n, 2):
             out = out[:, 1]
         elif out.ndim != 1 or out.shape[0] != n:
-            raise ScoringError(f"model {ref}: predict_proba returned shape {out.shape}; expected ({n}, 2) or ({n},)")
+            raise ScoringError(f"{what}: predict_proba returned shape {out.shape}; expected ({n}, 2) or ({n},)")
     elif spec.task_type == "regression":
         out = out.reshape(-1) if out.ndim == 2 and out.shape[1] == 1 else out
         if out.shape != (n,):
-            raise ScoringError(f"model {ref}: predict returned shape {out.shape}; expected ({n},)")
+            raise ScoringError(f"{what}: predict returned shape {out.shape}; expected ({n},)")
     else:
         k = len(spec.model.classes or [])
         if out.shape != (n, k):
-            raise ScoringError(f"model {ref}: predict_proba returned shape {out.shape}; expected ({n}, {k})")
+            raise ScoringError(f"{what}: predict_proba returned shape {out.shape}; expected ({n}, {k})")
     return out
 
 
@@ -152,7 +185,11 @@ def score_model(lake: Lake, registry: Registry, spec: EvalSpec, snapshot: Snapsh
         if meta.get("sha256") == manifest.sha256 and meta.get("inputs") == inputs:
             return {**meta, "cached": True}
     started = time.perf_counter()
-    loaded = load_model(registry, manifest, trusted_types)
+    if manifest.flavor != "predictions" and not spec.columns.features:
+        raise ScoringError(f"model {manifest.ref} ({manifest.flavor}) needs input columns, but spec '{spec.task}' "
+                           f"lists no columns.features; list the model's features (only a predictions-flavor model "
+                           f"needs none)")
+    loaded = load_model(registry, manifest, trusted_types_for(spec, trusted_types))
     cols = score_columns(spec)
     id_col = spec.columns.id
     schema = None

@@ -10,7 +10,7 @@ import json
 import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,12 +18,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 TASK_TYPES = ("binary_classification", "multiclass_classification", "regression")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
+# Every metric of the task type (the engine's catalogue, eval_pipeline.engine.METRICS; a test keeps them equal).
 DEFAULT_METRICS = {
     "binary_classification": ["roc_auc", "average_precision", "accuracy", "precision", "recall", "f1",
-                              "balanced_accuracy", "log_loss", "brier", "ece"],
+                              "specificity", "balanced_accuracy", "log_loss", "brier", "ece"],
     "multiclass_classification": ["accuracy", "macro_f1", "micro_f1", "weighted_f1", "top_k_accuracy"],
     "regression": ["mae", "rmse", "r2", "mape", "mean_error"],
 }
+
+# The drift methods eval_pipeline.drift supports (Evidently 0.7 stattest names; drift._STATTESTS, kept equal by a
+# test: drift.py imports Evidently, too slow to import just to validate a spec). Methods for categorical columns:
+DRIFT_METHODS = ("ks", "cramer_von_mises", "anderson", "chisquare", "es", "fisher_exact", "g_test", "mannw",
+                 "empirical_mmd", "t_test", "TVD", "z", "ed", "hellinger", "jensenshannon", "kl_div", "psi",
+                 "wasserstein")
+DRIFT_CATEGORICAL_METHODS = ("chisquare", "fisher_exact", "g_test", "hellinger", "jensenshannon", "kl_div", "psi",
+                             "TVD", "z")
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class SpecError(ValueError):
@@ -47,16 +58,22 @@ class ColumnsSpec(_Strict):
     id: str
     label: str
     timestamp: str | None = None
-    features: list[str] = Field(min_length=1)
-    categorical: list[str] = Field(default_factory=list, description="features treated as categorical for drift")
+    # What a model receives (sklearn flavors). A predictions-flavor task may leave it empty; slice and drift columns
+    # need not be features (they are read into the snapshot all the same).
+    features: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list,
+                                   description="features or drift columns treated as categorical for drift")
 
 
 class ModelSpec(_Strict):
     name: str = Field(description="registered model name in the lake registry")
-    threshold: float = Field(0.5, ge=0.0, le=1.0, description="decision threshold for binary classification")
+    threshold: float = Field(0.5, gt=0.0, le=1.0, description="decision threshold for binary classification, in (0, 1]")
     classes: list[Any] | None = Field(None, description="class order for multiclass probability outputs")
     top_k: int = Field(3, ge=1)
     batch_size: int = Field(100_000, ge=1, description="rows scored per batch")
+    # Types beyond skops' defaults that this task's operator allows in sklearn-skops artifacts (with the ones in
+    # EVAL_TRUSTED_TYPES). The artifact's own list of types is never trusted.
+    trusted_types: list[str] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -65,13 +82,39 @@ class ModelSpec(_Strict):
             raise ValueError(f"model name {v!r} must match {NAME_RE.pattern} (no '/', '..' or spaces)")
         return v
 
+    @field_validator("trusted_types")
+    @classmethod
+    def _dotted(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if not _DOTTED.match(t)]
+        if bad:
+            raise ValueError(f"expected dotted type names such as "
+                             f"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor, got {bad}")
+        return v
+
 
 class SlicesSpec(_Strict):
     columns: list[str] = Field(default_factory=list)
     crosses: list[list[str]] = Field(default_factory=list)
     bins: dict[str, list[float]] = Field(default_factory=dict)
     min_size: int = Field(100, ge=1)
-    max_values: int = Field(200, ge=1, description="cap on distinct values of one slice column")
+    # binary only: slices with fewer positive / negative labels are reported as too_small, like min_size
+    min_positives: int = Field(0, ge=0)
+    min_negatives: int = Field(0, ge=0)
+    max_values: int = Field(200, ge=1, description="cap on distinct values of one slice column (the most frequent "
+                                                   "are kept, with a warning)")
+
+    def engine_kwargs(self, config_cls: type | None = None) -> dict:
+        """Keyword arguments of the engine's SliceConfig; with ``config_cls``, only the fields it has (so a spec key
+        the engine does not know yet, e.g. min_positives, is not passed to an older engine)."""
+        kw = {"columns": list(self.columns), "crosses": [list(c) for c in self.crosses],
+              "bins": {k: list(v) for k, v in self.bins.items()}, "min_size": self.min_size,
+              "max_values": self.max_values, "min_positives": self.min_positives, "min_negatives": self.min_negatives}
+        if config_cls is not None:
+            import dataclasses
+
+            names = {f.name for f in dataclasses.fields(config_cls)}
+            kw = {k: v for k, v in kw.items() if k in names}
+        return kw
 
     @field_validator("crosses")
     @classmethod
@@ -133,8 +176,8 @@ class DriftSpec(_Strict):
     columns: list[str] | None = None
     reference: WindowSpec = WindowSpec()
     current: WindowSpec = WindowSpec(last_days=31)
-    method: str | None = None
-    threshold: float | None = None
+    method: Literal[DRIFT_METHODS] | None = None
+    threshold: float | None = Field(None, gt=0)
     drift_share: float = Field(0.5, gt=0, le=1)
     max_rows: int = Field(100_000, ge=100)
 
@@ -153,7 +196,7 @@ class ExpectationsSpec(_Strict):
     min_rows: int = Field(1, ge=0)
     max_rows: int | None = None
     not_null: list[str] = Field(default_factory=list)
-    max_null_fraction: dict[str, float] = Field(default_factory=dict)
+    max_null_fraction: dict[str, Fraction] = Field(default_factory=dict)
     ranges: dict[str, RangeSpec] = Field(default_factory=dict)
     allowed_values: dict[str, list[Any]] = Field(default_factory=dict)
     unique: list[str] = Field(default_factory=list)
@@ -191,46 +234,170 @@ class EvalSpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _columns_known(self) -> "EvalSpec":
-        known = set(self.all_columns())
-        problems = []
+    def _consistent(self) -> "EvalSpec":
+        """Everything that can be known from the spec alone; problems are 'key.path: what is wrong' lines."""
+        problems: list[str] = []
+        self._check_columns(problems)
+        self._check_timestamp(problems)
+        self._check_metrics(problems)
+        self._check_gate_slices(problems)
+        self._check_drift(problems)
+        if not problems:
+            self._check_gate_resolution(problems)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
-        def need(col: str, where: str) -> None:
-            if col not in known:
-                problems.append(f"{where} names column {col!r}, which is not the id, label, timestamp or a feature "
-                                f"(known: {sorted(known)})")
+    def _check_columns(self, problems: list[str]) -> None:
+        c = self.columns
+        roles = [("columns.id", c.id), ("columns.label", c.label)] + (
+            [("columns.timestamp", c.timestamp)] if c.timestamp else [])
+        seen: dict[str, str] = {}
+        for key, col in roles:
+            if col in seen:
+                problems.append(f"{key}: column {col!r} is also {seen[col]}; id, label and timestamp must differ")
+            seen.setdefault(col, key)
+        for col in c.features:
+            if col in seen:
+                problems.append(f"columns.features: {col!r} is {seen[col]}, not a feature")
+        allowed = set(c.features) | set(self.drift_columns())
+        for col in c.categorical:
+            if col not in allowed:
+                problems.append(f"columns.categorical: {col!r} is neither a feature nor a drift column "
+                                f"(features: {list(c.features)}; drift columns: {self.drift_columns()})")
 
-        for col in self.slices.columns:
-            need(col, "slices.columns")
-        for cross in self.slices.crosses:
-            for col in cross:
-                need(col, "slices.crosses")
-        for col in self.slices.bins:
-            need(col, "slices.bins")
-        for col in self.columns.categorical:
-            need(col, "columns.categorical")
-        for col in self.drift.columns or []:
-            need(col, "drift.columns")
+    def _check_timestamp(self, problems: list[str]) -> None:
+        if self.columns.timestamp:
+            return
+        needs = []
+        if self.data.evaluation_start or self.data.evaluation_end:
+            needs.append("data.evaluation_start/evaluation_end")
+        if self.drift.enabled:
+            for side in ("reference", "current"):
+                w = getattr(self.drift, side)
+                if w.start or w.end or w.last_days is not None:
+                    needs.append(f"drift.{side}")
+        if self.expectations.freshness is not None:
+            needs.append("expectations.freshness")
+        if needs:
+            problems.append(f"columns.timestamp: required because {', '.join(needs)} "
+                            f"{'selects' if len(needs) == 1 else 'select'} rows by time; name the timestamp column "
+                            f"(or remove the time windows)")
+
+    def _check_metrics(self, problems: list[str]) -> None:
         from .engine import METRICS  # the engine owns the metric catalogue
 
         valid = sorted(m for m, info in METRICS.items() if self.task_type in info.task_types)
         unknown = [m for m in self.metric_names() if m not in valid]
         if unknown:
-            problems.append(f"metrics {unknown} are not available for {self.task_type}; expected some of {valid}")
-        gate_metrics = {g.metric for g in self.gates}
-        missing = gate_metrics - set(self.metric_names())
-        if missing:
-            problems.append(f"gates use metrics {sorted(missing)} that are not in 'metrics' {self.metric_names()}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+            problems.append(f"metrics: {unknown} are not available for {self.task_type}; expected some of {valid}")
+        for i, g in enumerate(self.gates):
+            if g.metric not in self.metric_names():
+                problems.append(f"gates.{i}.metric: gates use metrics [{g.metric!r}] that are not in 'metrics' "
+                                f"{self.metric_names()}")
+        if self.task_type == "multiclass_classification" and not self.model.classes:
+            problems.append("model.classes: required for multiclass_classification (the order of the probability "
+                            "columns)")
+
+    def single_slice_columns(self) -> list[str]:
+        """Columns with one slice per value: slices.columns, plus binned columns listed nowhere else (the engine)."""
+        crossed = {c for cross in self.slices.crosses for c in cross}
+        return list(dict.fromkeys(list(self.slices.columns) + [c for c in self.slices.bins
+                                                                 if c not in self.slices.columns and c not in crossed]))
+
+    def _gate_target_problem(self, target: str) -> str | None:
+        """Why a gate's slice name can name no slice (None if it can). Values cannot be known up front."""
+        if target in ("overall", "all"):
+            return None
+        singles = self.single_slice_columns()
+        crosses = [list(c) for c in self.slices.crosses]
+        parts = [p.strip() for p in target.replace(" x ", " & ").split(" & ")]
+        expected = (f"expected 'overall', 'all', a slice column {singles}, 'column=value' with one of those columns, "
+                    f"or a cross of {crosses} as 'a & b' or 'a=x & b=y' (in the cross's column order)")
+        if any("=" in p for p in parts):
+            pairs = [p.split("=", 1) for p in parts]
+            if any("=" not in p or not k.strip() for p, (k, *_rest) in zip(parts, pairs)):
+                return f"{target!r} mixes 'column=value' and bare column names; {expected}"
+            cols = [k.strip() for k, _ in pairs]
+        else:
+            cols = parts
+        if len(cols) == 1:
+            if cols[0] in singles:
+                return None
+            why = ("is only sliced in a cross, not on its own" if any(cols[0] in c for c in crosses)
+                   else "is not a slice column")
+            return f"{target!r} names no possible slice: {cols[0]!r} {why}; {expected}"
+        if cols in crosses:
+            return None
+        if any(sorted(cols) == sorted(c) for c in crosses):
+            return f"{target!r} names the cross's columns in another order; {expected}"
+        return f"{target!r} names no possible slice: no cross of columns {cols}; {expected}"
+
+    def _check_gate_slices(self, problems: list[str]) -> None:
+        for i, g in enumerate(self.gates):
+            targets = [g.slices] if isinstance(g.slices, str) else list(g.slices)
+            if not targets:
+                problems.append(f"gates.{i}.slices: empty list; name at least one slice")
+            for t in targets:
+                why = self._gate_target_problem(t)
+                if why:
+                    problems.append(f"gates.{i}.slices ({g.name or g.metric}): {why}")
+
+    def _check_drift(self, problems: list[str]) -> None:
+        d = self.drift
+        if not d.enabled:
+            return
+        if not self.drift_columns():
+            problems.append("drift.columns: drift is enabled but there is no column to watch (columns.features is "
+                            "empty); list drift.columns or set drift.enabled: false")
+        if d.method is not None and d.method not in DRIFT_CATEGORICAL_METHODS:
+            cat = [c for c in self.columns.categorical if c in self.drift_columns()]
+            if cat:
+                problems.append(f"drift.method: {d.method!r} does not apply to categorical columns {cat}; methods "
+                                f"for categorical columns: {list(DRIFT_CATEGORICAL_METHODS)} (for categorical and "
+                                f"numeric columns alike: hellinger, jensenshannon, kl_div, psi)")
+
+    def gate_rows_lower_bound(self) -> int:
+        """Gate rows known up front: exact for 'overall' and named slices; for 'all' and a column (or a cross)
+        the values are in the data, so only the sure minimum counts (every column or cross yields >= 1 slice)."""
+        n_groups = len(self.single_slice_columns()) + len(self.slices.crosses)
+        k = 0
+        for g in self.gates:
+            targets = [g.slices] if isinstance(g.slices, str) else list(dict.fromkeys(g.slices))
+            for t in targets:
+                k += 1 + n_groups if t == "all" else 1
+        return k
+
+    def _check_gate_resolution(self, problems: list[str]) -> None:
+        from .engine.gates import required_replicates  # the engine's rule: B + 1 >= k / alpha (alpha for 'none')
+
+        k = self.gate_rows_lower_bound()
+        if k == 0:
+            return
+        ev = self.evaluation
+        alpha = (1.0 - ev.confidence) / 2.0  # one-sided, as the gates use it
+        need = required_replicates(k, alpha, ev.multiplicity)
+        b = ev.bootstrap_replicates
+        if b < need:
+            family = f"{ev.multiplicity} over at least {k} gate row(s)" if ev.multiplicity != "none" else \
+                "no multiplicity adjustment"
+            problems.append(
+                f"evaluation.bootstrap_replicates: {b} is too few; the minimum is {need}. With {family}, "
+                f"confidence {ev.confidence} (one-sided alpha = {alpha:g}), a gate row can PASS or FAIL only if the "
+                f"smallest bootstrap p-value 1/(B+1) reaches the smallest adjusted level (B + 1 >= k / alpha); with "
+                f"fewer replicates every row would be INCONCLUSIVE")
 
     # -- derived views -------------------------------------------------------------------------------------------
     def all_columns(self) -> list[str]:
+        """Columns a snapshot keeps: id, label, timestamp, features, then slice and drift columns that are not
+        features (a predictions-flavor model needs no features, yet its task can be sliced and watched)."""
         cols = [self.columns.id, self.columns.label]
         if self.columns.timestamp:
             cols.append(self.columns.timestamp)
-        return cols + [c for c in self.columns.features if c not in cols]
+        extra = list(self.columns.features) + self.slice_columns()
+        if self.drift.enabled:
+            extra += self.drift_columns()
+        return list(dict.fromkeys(cols + extra))
 
     def metric_names(self) -> list[str]:
         return list(self.metrics) if self.metrics else list(DEFAULT_METRICS[self.task_type])
@@ -254,6 +421,10 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
+        if not err["loc"] and err["type"] == "value_error":
+            # cross-key checks (EvalSpec._consistent): one 'key.path: problem' per line
+            lines += [f"  - {line}" for line in msg.removeprefix("Value error, ").splitlines()]
+            continue
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check spelling; see the spec reference in README.md)"
         elif err["type"] == "missing":
@@ -285,6 +456,24 @@ def load_spec(path: str | Path) -> EvalSpec:
     except yaml.YAMLError as exc:
         raise SpecError(f"evaluation spec {path} is not valid YAML: {exc}") from None
     return parse_spec(data, str(path))
+
+
+PACKAGED_SPECS = Path(__file__).parent / "specs"
+
+
+def spec_files(entries: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """Spec files named by EVAL_SPECS-style entries (files or folders of *.yaml); the packaged specs if empty."""
+    paths: list[Path] = []
+    for entry in [Path(e) for e in entries] or [PACKAGED_SPECS]:
+        paths += sorted(entry.glob("*.y*ml")) if entry.is_dir() else [entry]
+    return paths
+
+
+def specs_for_model(name: str, entries: list[str] | tuple[str, ...] = ()) -> tuple[list[EvalSpec], str]:
+    """The specs (among ``entries``, default the packaged ones) whose model.name is ``name``, and where it looked."""
+    files = spec_files(entries)
+    specs = [s for s in (load_spec(p) for p in files) if s.model.name == name]
+    return specs, (", ".join(map(str, entries)) if entries else str(PACKAGED_SPECS))
 
 
 def spec_text_from(spec: EvalSpec) -> str:

@@ -143,9 +143,16 @@ def test_pipeline_evaluation_window_without_rows(good, capsys, tmp_path):
 
 # -- the spec ----------------------------------------------------------------------------------------------------------
 def test_pipeline_spec_naming_an_unknown_column(good, capsys, tmp_path):
+    # a slice column need not be a model feature (issue 9), so an unknown one is found in the data: file and column
     spec = write_spec(tmp_path / "bad.yaml", slices={"columns": ["carrier"]})
     code, err = evaluate(good, capsys, spec=spec)
-    assert code == 2 and "bad.yaml" in err and "slices.columns names column 'carrier'" in err
+    assert code == 2 and "part-0.parquet: missing column(s) ['carrier'] required by spec 'toy'" in err
+    assert_previous_outputs_untouched(good)
+    # a gate naming a slice that cannot exist is refused up front (it used to be a permanent INCONCLUSIVE)
+    spec = write_spec(tmp_path / "gate.yaml", gates=[{"metric": "roc_auc", "kind": "non_inferiority", "margin": 0.05,
+                                                       "slices": ["b=x", "carier=9E"]}])
+    code, err = evaluate(good, capsys, spec=spec)
+    assert code == 2 and "gate.yaml" in err and "gates.0.slices (roc_auc): 'carier=9E' names no possible slice" in err
     assert_previous_outputs_untouched(good)
 
 
@@ -247,7 +254,9 @@ def test_pipeline_empty_and_single_class_slices(tmp_path):
     register_joblib(reg, "2", fit_model(frame, c=0.1))
     reg.set_champion(MODEL, "1")
     spec = write_spec(tmp_path / "s.yaml", slices={"columns": ["b"], "bins": {"a": [-50, -40, 0, 50]}, "min_size": 50},
-                      gates=[{"metric": "roc_auc", "kind": "non_inferiority", "margin": 0.05, "slices": "all"}])
+                      gates=[{"metric": "roc_auc", "kind": "non_inferiority", "margin": 0.05, "slices": "all"}],
+                      # 'all' is >= 3 rows up front (overall, b, a): B = 50 is refused, B + 1 >= 3 / 0.025 is needed
+                      evaluation={"bootstrap_replicates": 200})
     code, result = run_evaluation(spec, lake.root, f"{MODEL}@2", None, None)
     # The data decide it: every label of b=z is 0 (ROC AUC undefined there) and no row has a < -40 (the bin
     # a=[-50, -40) is empty); those two gate rows cannot be judged, so they are INCONCLUSIVE whatever the models.
@@ -384,12 +393,13 @@ def test_champion_pointer_escaping_the_registry(tmp_path, version):
 
 def test_spec_unknown_column_names_file_key_and_known_columns(tmp_path):
     path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(toy_spec_dict(slices={"columns": ["carrier"], "crosses": [["b", "origin"]]})))
+    path.write_text(yaml.safe_dump(toy_spec_dict(gates=[{"metric": "roc_auc", "kind": "non_inferiority",
+                                                         "margin": 0.05, "slices": ["carrier=9E", "origin"]}])))
     with pytest.raises(SpecError) as err:
         load_spec(path)
     msg = str(err.value)
-    assert str(path) in msg and "slices.columns names column 'carrier'" in msg
-    assert "slices.crosses names column 'origin'" in msg and "known: ['a', 'b', 'id', 'ts', 'y']" in msg
+    assert str(path) in msg and "gates.0.slices (roc_auc): 'carrier=9E' names no possible slice: 'carrier'" in msg
+    assert "'origin' names no possible slice" in msg and "a slice column ['b']" in msg
 
 
 def test_spec_model_name_escaping_the_registry(tmp_path):

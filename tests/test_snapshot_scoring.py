@@ -187,3 +187,92 @@ def test_corrupted_snapshot_is_rebuilt_by_the_next_refresh(toy):
     again = refresh_snapshot(lake, spec)
     assert again.snapshot_id == snap.snapshot_id
     assert lake.read_bytes(snap.data_path) == good
+
+
+# -- issue 9: pickles are opt-in; skops trust comes from the operator (spec / EVAL_TRUSTED_TYPES) -----------------------
+def test_pickle_is_refused_unless_the_operator_opts_in(toy, monkeypatch, caplog):
+    lake, frame, spec = toy
+    snap = refresh_snapshot(lake, spec)
+    reg = Registry(lake)
+    m = register_joblib(reg, "1", fit_model(frame))
+    monkeypatch.delenv("EVAL_ALLOW_PICKLE")
+    import joblib
+
+    real_load = joblib.load
+    monkeypatch.setattr(joblib, "load", lambda *a, **k: pytest.fail("unpickled without EVAL_ALLOW_PICKLE"))
+    with pytest.raises(ScoringError, match=r"model toy_model@1: flavor sklearn-joblib is a pickle.*refused unless the "
+                                           r"operator sets EVAL_ALLOW_PICKLE=1"):
+        score_model(lake, reg, spec, snap, m)
+    assert lake.find("predictions") == []
+    monkeypatch.setenv("EVAL_ALLOW_PICKLE", "off")
+    with pytest.raises(ScoringError, match="EVAL_ALLOW_PICKLE=1"):
+        load_model(reg, m)
+    monkeypatch.setattr(joblib, "load", real_load)
+    monkeypatch.setenv("EVAL_ALLOW_PICKLE", "1")
+    with caplog.at_level("WARNING", logger="eval_pipeline.scoring"):
+        out = score_model(lake, reg, spec, snap, m)
+    assert out["rows"] == len(frame) and "unpickling model toy_model@1" in caplog.text  # loud when on
+
+
+def test_skops_trust_comes_from_the_spec_allowlist_never_from_the_file(toy, monkeypatch):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    lake, frame, _ = toy
+    tree = "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"
+    reg = Registry(lake)
+    hgb = HistGradientBoostingClassifier(max_iter=5).fit(frame[["a"]], frame["y"])
+    m = reg.register("toy_model", "1", sio.dumps(hgb), flavor="sklearn-skops", artifact_name="model.skops")
+    spec = toy_spec(columns={"id": "id", "label": "y", "timestamp": "ts", "features": ["a"]})
+    snap = refresh_snapshot(lake, spec)
+    monkeypatch.delenv("EVAL_TRUSTED_TYPES", raising=False)
+    with pytest.raises(ScoringError, match=rf"toy_model@1: the skops file contains types that are not trusted: "
+                                           rf"\['{tree}'\].*model.trusted_types or in EVAL_TRUSTED_TYPES"):
+        score_model(lake, reg, spec, snap, m)
+    trusting = toy_spec(columns={"id": "id", "label": "y", "timestamp": "ts", "features": ["a"]},
+                        model={"name": "toy_model", "trusted_types": [tree]})
+    out = lake.read_parquet(score_model(lake, reg, trusting, snap, m)["path"])
+    np.testing.assert_array_equal(out["score"], hgb.predict_proba(frame.sort_values("ts")[["a"]])[:, 1])
+    monkeypatch.setenv("EVAL_TRUSTED_TYPES", tree)  # or the operator's environment
+    assert load_model(reg, m).model is not None
+
+
+def test_a_model_needs_features_but_a_predictions_model_does_not(toy):
+    lake, frame, _ = toy
+    spec = toy_spec(columns={"id": "id", "label": "y", "timestamp": "ts", "features": []},
+                    drift={"columns": ["a", "b"], "current": {"last_days": 10}})
+    snap = refresh_snapshot(lake, spec)
+    assert {"a", "b"} <= set(snap.manifest["schema"])  # slice and drift columns are in the snapshot
+    reg = Registry(lake)
+    m = register_joblib(reg, "1", fit_model(frame))
+    with pytest.raises(ScoringError, match="toy_model@1 \\(sklearn-joblib\\) needs input columns, but spec 'toy' "
+                                           "lists no columns.features"):
+        score_model(lake, reg, spec, snap, m)
+    p = _register_predictions(reg, "2", pd.DataFrame({"row": frame["id"], "p": 0.25}))
+    assert score_model(lake, reg, spec, snap, p)["rows"] == len(frame)
+
+
+def test_predictions_flavor_task_sliced_on_a_column_that_is_not_a_feature(tmp_path):
+    """End to end through Dagster: no features at all, gates on slices of b (slice columns used to have to be
+    features): the slices exist and are decided."""
+    from eval_pipeline.cli import run_evaluation
+
+    from .s3_util import write_spec
+
+    lake = Lake(str(tmp_path / "lake"))
+    frame = toy_frame()
+    land(lake, frame)
+    reg = Registry(lake)
+    rng = np.random.default_rng(1)
+    logit = 1.5 * frame["a"] + (frame["b"] == "x") * 0.8
+    good = 1 / (1 + np.exp(-logit))
+    noisy = 1 / (1 + np.exp(-(logit + rng.normal(0, 2.0, len(frame)))))
+    _register_predictions(reg, "1", pd.DataFrame({"row": frame["id"], "p": noisy}))
+    reg.set_champion("toy_model", "1", reason="test")
+    _register_predictions(reg, "2", pd.DataFrame({"row": frame["id"], "p": good}))
+    spec = write_spec(tmp_path / "s.yaml", columns={"id": "id", "label": "y", "timestamp": "ts", "features": []},
+                      slices={"columns": ["b"], "min_size": 50},
+                      gates=[{"metric": "roc_auc", "kind": "non_inferiority", "margin": 0.05, "slices": "b"}],
+                      evaluation={"bootstrap_replicates": 200})
+    code, result = run_evaluation(spec, lake.root, "toy_model@2", None, None)
+    rows = {g["slice"]: g["outcome"] for g in result["gates"]}
+    assert rows == {"b=x": "PASS", "b=y": "PASS", "b=z": "PASS"} and code == 0
