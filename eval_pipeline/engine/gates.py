@@ -246,7 +246,9 @@ def _expand(result, gates, power=None):
                 row["rule"] = f"slice '{sname}' not found in the result → INCONCLUSIVE"
                 continue
             if s["status"] != "ok":
-                row["rule"] = f"slice too small (n = {s['n']} < min_size) → INCONCLUSIVE"
+                # evaluate records why (rows below min_size, or too few positives / negatives) when it can
+                why = s.get("too_small") or f"n = {s['n']} < min_size"
+                row["rule"] = f"slice too small ({why}) → INCONCLUSIVE"
                 continue
             mv = s["models"].get(role, {}).get(g.metric, {}) if role else {}
             row["value"] = mv.get("value")
