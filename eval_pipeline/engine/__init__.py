@@ -34,8 +34,9 @@ with numpy's summation order reproduced, so results are bit-identical to the in-
 from .config import GateDef, SliceConfig
 from .errors import EngineInputError
 from .evaluate import EvaluationResult, evaluate, evaluate_accumulator, make_combiner
-from .gates import GateReport, apply_gates
+from .gates import GateReport, apply_gates, check_resolution, count_gate_rows, required_replicates
 from .registry import METRICS, MetricInfo, metrics_for
 
 __all__ = ["evaluate", "SliceConfig", "EvaluationResult", "METRICS", "MetricInfo", "metrics_for", "GateDef",
-           "apply_gates", "GateReport", "EngineInputError", "make_combiner", "evaluate_accumulator"]
+           "apply_gates", "GateReport", "EngineInputError", "make_combiner", "evaluate_accumulator",
+           "check_resolution", "count_gate_rows", "required_replicates"]
