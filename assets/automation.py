@@ -6,27 +6,36 @@ folder and ``s3://`` share one code path:
 ``<task>__new_model_sensor`` → evaluate job
     Scans the registry. A version is *complete* once its manifest exists (the manifest is written last); versions
     without one are ignored until a later tick. A complete version whose manifest validates (and whose artifact is
-    present and matches the pinned sha256) is added as a dynamic partition and gets exactly one run
-    (``run_key = <model>@<version>:<sha256[:16]>``). The cursor maps version → pinned sha256, so a daemon restart
-    neither re-requests nor misses anything; run keys are a second guard. A bad manifest is reported (error log on
-    the tick, skip message naming it) without blocking other versions, and retried only once its bytes change.
-    If no validated snapshot exists yet the version is registered and left to the re-evaluation sensor.
+    present and matches the pinned sha256) is added to the accepted versions (dynamic partitions
+    ``<task>__versions``) and gets exactly one run (``run_key = <model>@<version>:<sha256[:16]>``) on the newest
+    validated snapshot, against the champion of that moment: the sensor resolves the inputs ONCE (candidate sha256,
+    baseline version and sha256, snapshot) and puts them in the run (partition ``<version>@<snapshot>`` of
+    ``<task>__evaluations``, resource ``run_inputs`` in the run config), so no step of the run looks them up again.
+    The cursor maps version → pinned sha256, so a daemon restart neither re-requests nor misses anything; run keys
+    are a second guard. A bad manifest is reported (error log on the tick, skip message naming it) without blocking
+    other versions, and retried only once its bytes change. If no validated snapshot exists yet, or the model has no
+    champion and the spec no absolute gate (nothing could be decided: the skip message says to name a first champion
+    with ``eval-pipeline promote --initial``), the version is accepted and left to the re-evaluation sensor.
 
 ``<task>__new_data_sensor`` → refresh job (snapshot, blocking data-quality check, drift)
     Fingerprint of the landing zone = sorted (path, size, mtime). A refresh is requested only when the fingerprint
     differs from the one last refreshed *and* is unchanged since the previous tick (files have settled), so a burst
-    of files makes one run. ``run_key`` = fingerprint hash.
+    of files makes one run. ``run_key`` = fingerprint hash. The check and the drift report of that run use the
+    snapshot the run built (its materialization), not ``latest.json``.
 
 ``<task>__reevaluation_sensor`` → evaluate job
     When ``snapshots/<task>/latest.json`` points at a snapshot whose data-quality result passed, requests one
-    evaluation per (version, snapshot) for the champion and the open candidates (versions newer than the champion,
-    or never evaluated, that have no result on this snapshot): ``run_key = <version>@<snapshot>``. This chains
-    new data → refresh → validation → re-evaluation without run-status sensors and survives restarts. Runs already
-    requested for the same (version, snapshot) by any sensor (found through run tags) are not requested again.
+    evaluation for the champion (monitoring) and for each open candidate (accepted versions newer than the champion,
+    or never evaluated) against the champion of NOW, unless the evidence set of exactly those inputs (candidate x
+    baseline x snapshot x spec, its ``evidence_id``) exists or was requested: ``run_key =
+    <version>@<snapshot>:<baseline>:<evidence_id>``. So new data → refresh → validation → re-evaluation, and a
+    promotion → the open candidates are compared with the new champion (trigger ``new_champion``): a candidate that
+    PASSed against the old champion can be promoted only after it PASSes against the new one (compare-and-swap in
+    ``pipeline.promote``). Runs already requested for the same inputs by any sensor or the CLI (found through the
+    ``eval/evidence`` run tag) are not requested again; this survives restarts.
     After a successful nightly refresh whose snapshot did not change, the champion is NOT re-run (same data, same
-    seed: the result would be identical, and re-running would overwrite the evidence a promotion points to);
-    instead an observation of ``release_gates`` on the champion's partition records the night's monitoring
-    outcome (verdict on the current snapshot), visible in the UI.
+    seed: the result would be identical); instead an observation of ``release_gates`` on the champion's partition
+    records the night's monitoring outcome (verdict on the current snapshot), visible in the UI.
 
 ``<task>__nightly`` schedule → refresh job
     ``spec.monitoring.nightly_cron`` in ``spec.monitoring.timezone``; RUNNING by default (evaluation someone has to
@@ -34,7 +43,7 @@ folder and ``s3://`` share one code path:
     mode: absolute gates only; ``history/<task>/<model>/`` records it) when the snapshot changed.
 
 Every run request carries tags (``eval/trigger``, ``eval/task``, ``eval/model``, ``eval/version``,
-``eval/snapshot``) so operators see why a run happened. Sensor interval: EVAL_SENSOR_INTERVAL_SECONDS (default 10).
+``eval/snapshot``, ``eval/baseline``, ``eval/evidence``) so operators see why a run happened and against what. Sensor interval: EVAL_SENSOR_INTERVAL_SECONDS (default 10).
 Requested runs execute their steps in one process (``run_config_for``; EVAL_RUN_EXECUTOR=multiprocess to opt out):
 per-step processes cost ≈ 10 s each here and would break the ≤ 60 s turnaround.
 Cross-sensor de-duplication reads run tags from the instance; it is exact with the daemon's default sequential
@@ -56,7 +65,7 @@ from eval_pipeline.snapshot import DataError, Snapshot, list_source_files
 from eval_pipeline.spec import EvalSpec
 from resources import LakeResource
 
-from .common import key, versions_partitions
+from .common import evaluation_run_config, evaluations_partitions, key, versions_partitions
 
 DEFAULT_INTERVAL_SECONDS = 10
 DEFAULT_VERIFY_MAX_MB = 256
@@ -67,6 +76,11 @@ TAG_MODEL = "eval/model"
 TAG_VERSION = "eval/version"
 TAG_SNAPSHOT = "eval/snapshot"
 TAG_NIGHT = "eval/night"
+TAG_BASELINE = "eval/baseline"    # baseline version, "none" (no champion) or "monitoring" (the champion itself)
+TAG_EVIDENCE = "eval/evidence"    # content key of (candidate x baseline x snapshot x spec): the de-duplication key
+
+# What makes an evaluation request skippable rather than an error: the lake or the registry is not ready for it.
+RESOLVE_ERRORS = (pipeline.EvaluationError, RegistryError, DataError, LakeError, FileNotFoundError)
 
 
 def sensor_interval_seconds() -> int:
@@ -148,28 +162,41 @@ def validated_snapshot(lake: Lake, spec: EvalSpec) -> tuple[str | None, str]:
     return snapshot_id, ""
 
 
-def result_path(spec: EvalSpec, lake: Lake, version: str, snapshot_id: str) -> str:
-    ctx = pipeline.TaskContext(lake, spec)
-    return f"{pipeline.evaluation_dir(ctx, version, Snapshot(spec.task, snapshot_id, {}))}/result.json"
+def result_path(spec: EvalSpec, lake: Lake, inputs: pipeline.EvalInputs) -> str:
+    """Where the complete evidence set of these inputs has its result.json (present = already evaluated)."""
+    return f"{pipeline.evaluation_dir(pipeline.TaskContext(lake, spec), inputs)}/result.json"
 
 
 def _runs_for(instance, job_name: str, tags: dict, limit: int = 1, **filters) -> list:
     return list(instance.get_run_records(filters=dg.RunsFilter(job_name=job_name, tags=tags, **filters), limit=limit))
 
 
-def evaluation_requested(instance, spec: EvalSpec, job_name: str, version: str, snapshot_id: str | None = None) -> bool:
-    """Whether any evaluation run for this version (on this snapshot) already exists, whoever requested it."""
+def evaluation_requested(instance, spec: EvalSpec, job_name: str, version: str,
+                         inputs: pipeline.EvalInputs | None = None, evidence: str | None = None) -> bool:
+    """Whether an evaluation run for this version already exists, whoever requested it: any run of the version, or
+    (with inputs) one for exactly these inputs: same candidate, baseline, snapshot and spec."""
     tags = {TAG_TASK: spec.task, TAG_VERSION: version}
-    if snapshot_id:
-        tags[TAG_SNAPSHOT] = snapshot_id
+    if inputs is not None:
+        tags |= {TAG_SNAPSHOT: inputs.snapshot_id, TAG_EVIDENCE: evidence}
     return bool(_runs_for(instance, job_name, tags))
 
 
-def _eval_tags(spec: EvalSpec, trigger: str, version: str, snapshot_id: str | None) -> dict:
-    tags = {TAG_TRIGGER: trigger, TAG_TASK: spec.task, TAG_MODEL: spec.model.name, TAG_VERSION: version}
-    if snapshot_id:
-        tags[TAG_SNAPSHOT] = snapshot_id
-    return tags
+def baseline_tag(inputs: pipeline.EvalInputs) -> str:
+    return "monitoring" if inputs.monitoring else (inputs.baseline or "none")
+
+
+def _eval_tags(spec: EvalSpec, trigger: str, inputs: pipeline.EvalInputs, evidence: str) -> dict:
+    return {TAG_TRIGGER: trigger, TAG_TASK: spec.task, TAG_MODEL: spec.model.name, TAG_VERSION: inputs.version,
+            TAG_SNAPSHOT: inputs.snapshot_id, TAG_BASELINE: baseline_tag(inputs), TAG_EVIDENCE: evidence}
+
+
+def evaluation_request(spec: EvalSpec, lake: Lake, inputs: pipeline.EvalInputs, trigger: str, run_key: str | None,
+                       run_config: dict | None, **extra_tags) -> dg.RunRequest:
+    """One evaluation run: partition <version>@<snapshot>, the inputs in its run config, tags saying why."""
+    evidence = pipeline.evidence_id(pipeline.TaskContext(lake, spec), inputs)
+    return dg.RunRequest(run_key=run_key or f"{inputs.partition_key}:{baseline_tag(inputs)}:{evidence}",
+                         partition_key=inputs.partition_key, run_config=evaluation_run_config(inputs, run_config),
+                         tags={**_eval_tags(spec, trigger, inputs, evidence), **extra_tags})
 
 
 # -- new-model sensor -------------------------------------------------------------------------------------------------
@@ -212,13 +239,14 @@ def check_version(registry: Registry, name: str, version: str, verify_max_bytes:
 def new_model_tick(context, lake: Lake, spec: EvalSpec, job_name: str, partitions_name: str,
                    run_config: dict | None = None):
     registry = Registry(lake)
+    ctx = pipeline.TaskContext(lake, spec)
     name = spec.model.name
     cursor = _load_cursor(context.cursor)
     done: dict = dict(cursor.get("done", {}))
     bad: dict = dict(cursor.get("bad", {}))
     verify_max = _verify_max_bytes()
 
-    new_versions, problems, waiting = [], [], []
+    new_versions, problems, waiting, no_baseline = [], [], [], []
     for entry in registry.scan(name):
         version = entry["version"]
         if not entry["complete"] or version in done:
@@ -248,14 +276,27 @@ def new_model_tick(context, lake: Lake, spec: EvalSpec, job_name: str, partition
         if snapshot_id is None:
             waiting.append(version)
             continue
-        if (evaluation_requested(context.instance, spec, job_name, version, snapshot_id)
-                or lake.exists(result_path(spec, lake, version, snapshot_id))):  # e.g. evaluated by the CLI
-            context.log.info(f"{name}@{version} already has an evaluation on snapshot {snapshot_id}")
+        try:
+            # The baseline is resolved here, once, and travels in the run config: the run never looks it up again.
+            inputs = pipeline.resolve_inputs(ctx, version, snapshot_id)
+        except pipeline.NoBaselineError as exc:
+            no_baseline.append(str(exc))  # the re-evaluation sensor takes it once a first champion is named
             continue
-        run_requests.append(dg.RunRequest(
-            run_key=f"{name}@{version}:{sha[:16]}", partition_key=version, run_config=run_config,
-            tags=_eval_tags(spec, "new_model", version, snapshot_id)))
-        context.log.info(f"new model version {name}@{version} (sha256 {sha[:16]}): evaluation on {snapshot_id}")
+        except RESOLVE_ERRORS as exc:
+            problems.append(f"{name}@{version}: {exc}")
+            continue
+        if inputs.candidate_sha256 != sha:
+            done.pop(version)  # the manifest changed between the check and now: look again next tick
+            continue
+        request = evaluation_request(spec, lake, inputs, "new_model", f"{name}@{version}:{sha[:16]}", run_config)
+        if (evaluation_requested(context.instance, spec, job_name, version, inputs, request.tags[TAG_EVIDENCE])
+                or lake.exists(result_path(spec, lake, inputs))):  # e.g. evaluated by the CLI
+            context.log.info(f"{name}@{version} already has an evaluation on snapshot {snapshot_id} against "
+                             f"{baseline_tag(inputs)}")
+            continue
+        run_requests.append(request)
+        context.log.info(f"new model version {name}@{version} (sha256 {sha[:16]}): evaluation on {snapshot_id} "
+                         f"against {baseline_tag(inputs)}")
 
     new_cursor = _dump_cursor({"done": done, "bad": bad})
     skip = None
@@ -264,13 +305,23 @@ def new_model_tick(context, lake: Lake, spec: EvalSpec, job_name: str, partition
         if waiting:
             parts.append(f"registered {', '.join(f'{name}@{v}' for v in waiting)}; evaluation waits for a validated "
                          f"snapshot ({why}); the re-evaluation sensor will request it")
+        if no_baseline:
+            parts.append(" | ".join(no_baseline))
         if problems:
             parts.append(f"{len(problems)} version(s) with a bad manifest or artifact, not evaluated until fixed: "
                          + " | ".join(problems))
         skip = "; ".join(parts) or f"no new complete versions of {name}"
-    return dg.SensorResult(
-        run_requests=run_requests, skip_reason=skip, cursor=new_cursor,
-        dynamic_partitions_requests=[versions_partitions(spec).build_add_request(to_add)] if to_add else [])
+    return dg.SensorResult(run_requests=run_requests, skip_reason=skip, cursor=new_cursor,
+                           dynamic_partitions_requests=_partition_requests(context, spec, to_add, run_requests))
+
+
+def _partition_requests(context, spec: EvalSpec, versions: list[str], run_requests: list) -> list:
+    """Add the accepted versions and the (version@snapshot) partitions the requested runs need."""
+    out = [versions_partitions(spec).build_add_request(versions)] if versions else []
+    parts = evaluations_partitions(spec)
+    existing = set(context.instance.get_dynamic_partitions(parts.name))
+    keys = sorted({r.partition_key for r in run_requests} - existing)
+    return out + ([parts.build_add_request(keys)] if keys else [])
 
 
 # -- new-data sensor --------------------------------------------------------------------------------------------------
@@ -324,11 +375,13 @@ def new_data_tick(context, lake: Lake, spec: EvalSpec, run_config: dict | None =
 def reevaluation_tick(context, lake: Lake, spec: EvalSpec, job_name: str, refresh_job_name: str,
                       partitions_name: str, run_config: dict | None = None):
     registry = Registry(lake)
+    ctx = pipeline.TaskContext(lake, spec)
     name = spec.model.name
     cursor = _load_cursor(context.cursor)
     snapshot_id, why = validated_snapshot(lake, spec)
     if snapshot_id is None:
         return dg.SensorResult(skip_reason=f"nothing to re-evaluate: {why}", cursor=_dump_cursor(cursor))
+    # Requested evidence ids on this snapshot: (version, baseline, spec) triples already asked for.
     requested = set(cursor.get("requested", [])) if cursor.get("snapshot") == snapshot_id else set()
 
     champion = None
@@ -336,18 +389,32 @@ def reevaluation_tick(context, lake: Lake, spec: EvalSpec, job_name: str, refres
         champion = registry.champion(name)
     except (RegistryError, LakeError, KeyError) as exc:
         context.log.error(f"cannot read the champion of {name}: {exc}")
-    partitions = set(context.instance.get_dynamic_partitions(partitions_name))
-    complete = [e["version"] for e in registry.scan(name) if e["complete"] and e["version"] in partitions]
+    accepted = set(context.instance.get_dynamic_partitions(partitions_name))
+    complete = [e["version"] for e in registry.scan(name) if e["complete"] and e["version"] in accepted]
 
-    targets = []
+    # The champion (monitoring) and the open candidates: newer than the champion, or never evaluated. Each is
+    # evaluated against the champion of NOW; after a promotion that is a new baseline, hence a new evidence id.
+    targets, no_baseline = [], []
     for version in complete:
-        if version in requested or lake.exists(result_path(spec, lake, version, snapshot_id)):
-            continue
         if version == champion:
-            targets.append((version, "champion"))
+            role = "champion"
         elif (champion is None or version_sort_key(version) > version_sort_key(champion)
               or not evaluation_requested(context.instance, spec, job_name, version)):
-            targets.append((version, "candidate"))
+            role = "candidate"
+        else:
+            continue
+        try:
+            inputs = pipeline.resolve_inputs(ctx, version, snapshot_id)
+        except pipeline.NoBaselineError as exc:
+            no_baseline.append(str(exc))
+            continue
+        except RESOLVE_ERRORS as exc:
+            context.log.error(f"not re-evaluating {name}@{version}: {exc}")
+            continue
+        evidence = pipeline.evidence_id(ctx, inputs)
+        if evidence in requested or lake.exists(result_path(spec, lake, inputs)):
+            continue
+        targets.append((inputs, role, evidence))
 
     # The nightly refresh: which night was handled last (by the refresh run's id).
     nightly = _runs_for(context.instance, refresh_job_name, {TAG_TRIGGER: "nightly", TAG_TASK: spec.task},
@@ -356,40 +423,51 @@ def reevaluation_tick(context, lake: Lake, spec: EvalSpec, job_name: str, refres
     new_night = nightly_run is not None and nightly_run.run_id != cursor.get("nightly_run")
 
     run_requests, asset_events = [], []
-    for version, role in targets:
-        requested.add(version)
-        if evaluation_requested(context.instance, spec, job_name, version, snapshot_id):
+    for inputs, role, evidence in targets:
+        requested.add(evidence)
+        if evaluation_requested(context.instance, spec, job_name, inputs.version, inputs, evidence):
             continue  # e.g. the new-model sensor already asked for it
-        trigger = "nightly" if (new_night and role == "champion") else "new_data"
-        run_requests.append(dg.RunRequest(
-            run_key=f"{version}@{snapshot_id}", partition_key=version, run_config=run_config,
-            tags={**_eval_tags(spec, trigger, version, snapshot_id), "eval/role": role}))
-        context.log.info(f"re-evaluating {role} {name}@{version} on snapshot {snapshot_id}")
+        trigger = "nightly" if (new_night and role == "champion") else (
+            "new_champion" if role == "candidate" and _baseline_changed(context, spec, job_name, inputs) else "new_data")
+        run_requests.append(evaluation_request(spec, lake, inputs, trigger, None, run_config, **{"eval/role": role}))
+        context.log.info(f"re-evaluating {role} {name}@{inputs.version} on snapshot {snapshot_id} against "
+                         f"{baseline_tag(inputs)}")
 
-    if new_night and champion and champion not in {v for v, _ in targets}:
+    if new_night and champion and champion not in {i.version for i, _, _ in targets}:
         # Snapshot unchanged overnight: record the champion's monitoring outcome on the current data, no re-run.
         night = nightly_run.tags.get(TAG_NIGHT, nightly_run.run_id[:8])
-        verdict = "not evaluated yet"
+        verdict, partition = "not evaluated yet", None
         try:
-            verdict = lake.read_json(result_path(spec, lake, champion, snapshot_id)).get("verdict", verdict)
-        except (FileNotFoundError, LakeError):
+            inputs = pipeline.resolve_inputs(ctx, champion, snapshot_id)
+            partition = inputs.partition_key
+            verdict = lake.read_json(result_path(spec, lake, inputs)).get("verdict", verdict)
+        except (*RESOLVE_ERRORS, AttributeError):
             pass
+        exists = partition in set(context.instance.get_dynamic_partitions(evaluations_partitions(spec).name))
         asset_events.append(dg.AssetObservation(
-            asset_key=key(spec, "release_gates"), partition=champion if champion in partitions else None,
+            asset_key=key(spec, "release_gates"), partition=partition if exists else None,
             metadata={"nightly": night, "verdict": verdict, "snapshot_id": snapshot_id,
                       "version": champion, "refresh_run": nightly_run.run_id,
                       "note": "nightly monitoring: snapshot unchanged, so the champion's (deterministic) result on "
                               "it stands; no re-run"}))
         context.log.info(f"nightly {night}: champion {name}@{champion} on unchanged snapshot {snapshot_id}: {verdict}")
 
-    new_cursor = {"snapshot": snapshot_id, "requested": sorted(requested, key=version_sort_key),
+    new_cursor = {"snapshot": snapshot_id, "requested": sorted(requested),
                   "nightly_run": nightly_run.run_id if nightly_run else cursor.get("nightly_run")}
     skip = None
     if not run_requests:
         skip = (f"snapshot {snapshot_id}: champion {champion or '(none)'} and open candidates already evaluated "
-                f"or requested" + ("; nightly monitoring outcome recorded" if asset_events else ""))
+                f"or requested" + ("; nightly monitoring outcome recorded" if asset_events else "")
+                + ("; " + " | ".join(no_baseline) if no_baseline else ""))
     return dg.SensorResult(run_requests=run_requests, skip_reason=skip, cursor=_dump_cursor(new_cursor),
-                           asset_events=asset_events)
+                           asset_events=asset_events,
+                           dynamic_partitions_requests=_partition_requests(context, spec, [], run_requests))
+
+
+def _baseline_changed(context, spec: EvalSpec, job_name: str, inputs: pipeline.EvalInputs) -> bool:
+    """Whether this version was evaluated on this snapshot before, against another baseline (a promotion since)."""
+    return bool(_runs_for(context.instance, job_name, {TAG_TASK: spec.task, TAG_VERSION: inputs.version,
+                                                       TAG_SNAPSHOT: inputs.snapshot_id}))
 
 
 # -- definitions ------------------------------------------------------------------------------------------------------

@@ -3,11 +3,10 @@
 import dagster as dg
 
 from eval_pipeline import pipeline
-from eval_pipeline.snapshot import load_snapshot
 from eval_pipeline.spec import EvalSpec
 from resources import LakeResource, SettingsResource
 
-from .common import key, md_table, task_context
+from .common import key, md_table, run_snapshot, task_context
 
 
 def build_dataset_assets(spec: EvalSpec) -> list:
@@ -43,7 +42,7 @@ def build_dataset_assets(spec: EvalSpec) -> list:
     def data_quality(context: dg.AssetCheckExecutionContext, lake: LakeResource,
                      settings: SettingsResource) -> dg.AssetCheckResult:
         ctx = task_context(spec, lake, settings)
-        snap = load_snapshot(ctx.lake, task)
+        snap = run_snapshot(context, spec, ctx)  # this run's snapshot, not latest.json
         result = pipeline.validate(ctx, snap)
         for msg in result.failures():
             context.log.error(msg)
@@ -66,7 +65,7 @@ def build_dataset_assets(spec: EvalSpec) -> list:
     def drift_report(context: dg.AssetExecutionContext, lake: LakeResource,
                      settings: SettingsResource) -> dg.MaterializeResult:
         ctx = task_context(spec, lake, settings)
-        snap = load_snapshot(ctx.lake, task)
+        snap = run_snapshot(context, spec, ctx)  # this run's snapshot, not latest.json
         if not spec.drift.enabled:
             return dg.MaterializeResult(metadata={"enabled": False})
         result = pipeline.drift(ctx, snap)

@@ -1,8 +1,12 @@
-"""Evaluation assets of one task, one partition per model version: scoring → metrics → gates → report → promotion.
+"""Evaluation assets of one task, one partition per evaluated (version, snapshot): scoring → metrics → report →
+gates (the result JSON, which completes the evidence set) → promotion.
 
-A candidate partition is compared with the champion (baseline); the champion's own partition is monitoring: it is
-evaluated alone against absolute gates. The snapshot a partition is evaluated on is pinned by the scoring step so
-every later step of the same evaluation reads the same data even if a refresh lands meanwhile.
+Every asset and check of a run reads the same inputs, carried by the run itself: the candidate version and the
+snapshot from the partition key ``<version>@<snapshot_id>``, the candidate's sha256 and the baseline (version and
+sha256, resolved once when the run was requested) from the run config (resource ``run_inputs``). Nothing is read back
+from a shared pointer, so concurrent runs of one version on two snapshots, or a champion changing mid-run, cannot
+mix inputs. A candidate is compared with its recorded baseline; without one (monitoring the champion, or no
+champion yet) only absolute gates apply.
 """
 
 import dagster as dg
@@ -10,21 +14,14 @@ import dagster as dg
 from eval_pipeline import pipeline, report
 from eval_pipeline.registry import RegistryError
 from eval_pipeline.scoring import ScoringError
-from eval_pipeline.snapshot import DataError, load_snapshot
+from eval_pipeline.snapshot import DataError
 from eval_pipeline.spec import EvalSpec
 from resources import LakeResource, SettingsResource
 
-from .common import key, md_table, task_context, versions_partitions
+from .common import RunInputsResource, evaluations_partitions, key, md_table, task_context
+from .common import run_inputs as inputs_of_run
 
 INPUT_ERRORS = (ScoringError, RegistryError, DataError, pipeline.EvaluationError)
-
-
-def _pin_path(ctx, version: str) -> str:
-    return f"evaluations/{ctx.task}/{ctx.model_name}/{version}/pinned_snapshot.json"
-
-
-def _pinned(ctx, version: str):
-    return load_snapshot(ctx.lake, ctx.task, ctx.lake.read_json(_pin_path(ctx, version))["snapshot_id"])
 
 
 def _overall_table(metrics: dict) -> str:
@@ -47,37 +44,43 @@ def _overall_table(metrics: dict) -> str:
     return md_table(header, rows)
 
 
+def _input_failure(exc: Exception) -> dg.Failure:
+    # Bad input does not heal on a retry (a tampered file, a model that raises, an unvalidated snapshot): fail once,
+    # clearly. Transient storage faults (OSError and friends) still get the retry policy.
+    return dg.Failure(description=str(exc), allow_retries=False)
+
+
+def _inputs_metadata(ctx, inputs: pipeline.EvalInputs) -> dict:
+    return {"version": inputs.version, "snapshot_id": inputs.snapshot_id,
+            "baseline": f"{ctx.model_name}@{inputs.baseline}" if inputs.baseline else
+            ("none (monitoring)" if inputs.monitoring else "none (no champion: absolute gates only)"),
+            "baseline_sha256": inputs.baseline_sha256 or "",
+            "evidence": pipeline.evaluation_dir(ctx, inputs)}
+
+
 def build_evaluation_assets(spec: EvalSpec) -> list:
     task = spec.task
-    parts = versions_partitions(spec)
+    parts = evaluations_partitions(spec)
 
     @dg.asset(key=key(spec, "predictions"), group_name=task, partitions_def=parts, deps=[key(spec, "dataset_snapshot")],
               kinds={"parquet"}, retry_policy=dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL),
-              description="Scores of the candidate version and of the champion (baseline) on the evaluation rows, "
-                          "in batches. Artifacts are loaded only after their sha256 matches the manifest.")
-    def predictions(context: dg.AssetExecutionContext, lake: LakeResource,
-                    settings: SettingsResource) -> dg.MaterializeResult:
+              description="Scores of the candidate version and of the recorded baseline on the evaluation rows of "
+                          "the partition's snapshot, in batches. Artifacts are loaded only after their sha256 "
+                          "matches both the manifest and the run's recorded sha256.")
+    def predictions(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
+                    run_inputs: RunInputsResource) -> dg.MaterializeResult:
         ctx = task_context(spec, lake, settings)
-        version = context.partition_key
-        requested = context.run.tags.get("eval/snapshot")  # the snapshot a sensor asked for, if any
-        if requested and pipeline.quality_passed(ctx, requested):
-            snap, note = load_snapshot(ctx.lake, task, requested), ""
-        else:
-            snap, note = pipeline.snapshot_for_evaluation(ctx)
-        if note:
-            context.log.warning(note)
-        ctx.lake.write_json(_pin_path(ctx, version), {"snapshot_id": snap.snapshot_id})
+        inputs = inputs_of_run(context, run_inputs)
         try:
-            scored = pipeline.score(ctx, snap, version)
+            snap = pipeline.run_snapshot(ctx, inputs)  # refused, never swapped, when it is not validated
+            scored = pipeline.score(ctx, snap, inputs)
         except INPUT_ERRORS as exc:
-            # Bad input does not heal on a retry (a tampered file, a model that raises): fail once, clearly.
-            # Transient storage faults (OSError and friends) still get the retry policy.
-            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+            raise _input_failure(exc) from exc
         for role, s in scored.items():
             how = "(cached)" if s["cached"] else f"in {s.get('seconds')} s"
             context.log.info(f"{role} {s['model']}@{s['version']}: {s['rows']} rows {how}")
         return dg.MaterializeResult(metadata={
-            "snapshot_id": snap.snapshot_id,
+            **_inputs_metadata(ctx, inputs),
             "dagster/row_count": scored["candidate"]["rows"],
             "models": dg.MetadataValue.md(md_table(["role", "model", "sha256", "rows", "cached"], [
                 [role, f"{s['model']}@{s['version']}", s["sha256"][:16], s["rows"], s["cached"]]
@@ -86,58 +89,85 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
 
     @dg.asset(key=key(spec, "evaluation"), group_name=task, partitions_def=parts, deps=[predictions], kinds={"python"},
               description="Metrics overall and per slice with Poisson-bootstrap intervals, and paired "
-                          "candidate-minus-baseline deltas on the same resamples.")
-    def evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
-                   settings: SettingsResource) -> dg.MaterializeResult:
+                          "candidate-minus-baseline deltas on the same resamples (skipped when the evidence set of "
+                          "these inputs is already complete).")
+    def evaluation(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
+                   run_inputs: RunInputsResource) -> dg.MaterializeResult:
         ctx = task_context(spec, lake, settings)
-        version = context.partition_key
-        snap = _pinned(ctx, version)
-        result = pipeline.compute_metrics(ctx, snap, version)
-        metrics = result.to_dict()
+        inputs = inputs_of_run(context, run_inputs)
+        reused = pipeline.evidence_complete(ctx, inputs)
+        try:
+            snap = pipeline.run_snapshot(ctx, inputs)
+            metrics = pipeline.compute_metrics(ctx, snap, inputs)
+        except INPUT_ERRORS as exc:
+            raise _input_failure(exc) from exc
+        if reused:
+            context.log.info(f"evidence {pipeline.evaluation_dir(ctx, inputs)} is complete: re-used, nothing written")
         slices = metrics["slices"]
         for warning in metrics.get("warnings", []):
             context.log.warning(warning)
         return dg.MaterializeResult(metadata={
+            **_inputs_metadata(ctx, inputs),
+            "reused": reused,
             "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in metrics.get("warnings", [])) or "none"),
-            "snapshot_id": snap.snapshot_id,
             "rows": metrics["n_rows"],
             "slices_evaluated": sum(1 for s in slices if s.get("status") == "ok"),
             "slices_too_small": sum(1 for s in slices if s.get("status") != "ok"),
             "overall": dg.MetadataValue.md(_overall_table(metrics)),
-            "metrics_json": dg.MetadataValue.path(
-                ctx.lake.uri(f"{pipeline.evaluation_dir(ctx, version, snap)}/metrics.json")),
         })
 
-    @dg.asset(key=key(spec, "release_gates"), group_name=task, partitions_def=parts, deps=[evaluation],
-              kinds={"python"},
-              description="Gates decided on the interval of the delta (non-inferiority) or of the value (absolute), "
-                          "with multiplicity control. Writes the result JSON.")
-    def release_gates(context: dg.AssetExecutionContext, lake: LakeResource,
-                      settings: SettingsResource) -> dg.MaterializeResult:
+    # The report comes before the gates' result JSON: the result is written last and completes the evidence set,
+    # and a FAIL is still explained (the blocking gates check stops promotion, not the report).
+    @dg.asset(key=key(spec, "decision_report"), group_name=task, partitions_def=parts,
+              deps=[evaluation, key(spec, "drift_report")], kinds={"html"},
+              description="The decision report: verdict, deciding gates, overall and slice tables, data quality, "
+                          "drift, reproducibility manifest. Markdown here, self-contained HTML in the lake. Written "
+                          "for every verdict (a FAIL needs explaining most).")
+    def decision_report(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
+                        run_inputs: RunInputsResource) -> dg.MaterializeResult:
         ctx = task_context(spec, lake, settings)
-        version = context.partition_key
-        snap = _pinned(ctx, version)
-        result = pipeline.decide(ctx, snap, version)
+        inputs = inputs_of_run(context, run_inputs)
+        try:
+            out = pipeline.write_report(ctx, pipeline.run_snapshot(ctx, inputs), inputs)
+        except INPUT_ERRORS as exc:
+            raise _input_failure(exc) from exc
+        context.log.info(f"report: {out['html_uri']}")
+        return dg.MaterializeResult(metadata={**_inputs_metadata(ctx, inputs), "verdict": out["verdict"],
+                                              "report": dg.MetadataValue.md(out["markdown"]),
+                                              "html": dg.MetadataValue.path(out["html_uri"])})
+
+    @dg.asset(key=key(spec, "release_gates"), group_name=task, partitions_def=parts,
+              deps=[evaluation, decision_report], kinds={"python"},
+              description="Gates decided on the interval of the delta (non-inferiority) or of the value (absolute), "
+                          "with multiplicity control. Writes the result JSON, last: it completes the evidence set.")
+    def release_gates(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
+                      run_inputs: RunInputsResource) -> dg.MaterializeResult:
+        ctx = task_context(spec, lake, settings)
+        inputs = inputs_of_run(context, run_inputs)
+        try:
+            result = pipeline.decide(ctx, pipeline.run_snapshot(ctx, inputs), inputs)
+        except INPUT_ERRORS as exc:
+            raise _input_failure(exc) from exc
         counts = result["gate_summary"].get("counts", {})
-        context.log.info(f"verdict for {ctx.model_name}@{version}: {result['verdict']} {counts}")
+        context.log.info(f"verdict for {ctx.model_name}@{inputs.version}: {result['verdict']} {counts}")
         return dg.MaterializeResult(metadata={
+            **_inputs_metadata(ctx, inputs),
             "verdict": result["verdict"],
             "mode": result["mode"],
             "candidate": result["candidate"]["ref"],
-            "baseline": result["baseline"]["ref"] if result["baseline"] else "none (monitoring)",
             **{f"gates_{k.lower()}": int(v) for k, v in counts.items()},
             "gates": dg.MetadataValue.md(md_table(report.GATE_HEADER, report.gate_rows(result))),
-            "result_json": dg.MetadataValue.path(result["paths"]["result"]),
+            "result_json": dg.MetadataValue.path(ctx.lake.uri(result["paths"]["result"])),
         })
 
     @dg.asset_check(asset=release_gates, name="gates_pass", blocking=True,
                     description="Blocking: a FAIL verdict stops promotion (and anything else downstream of the "
                                 "gates); INCONCLUSIVE warns.")
-    def gates_pass(context: dg.AssetCheckExecutionContext, lake: LakeResource,
-                   settings: SettingsResource) -> dg.AssetCheckResult:
+    def gates_pass(context: dg.AssetCheckExecutionContext, lake: LakeResource, settings: SettingsResource,
+                   run_inputs: RunInputsResource) -> dg.AssetCheckResult:
         ctx = task_context(spec, lake, settings)
-        version = context.run.tags.get("dagster/partition") or context.partition_key
-        result = pipeline.load_result(ctx, _pinned(ctx, version), version)
+        inputs = inputs_of_run(context, run_inputs)
+        result = pipeline.load_result(ctx, inputs)
         verdict = result["verdict"]
         deciding = [g for g in result["gates"] if g["outcome"] == verdict and verdict != "PASS"]
         return dg.AssetCheckResult(
@@ -145,48 +175,36 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
             severity=dg.AssetCheckSeverity.ERROR if verdict == "FAIL" else dg.AssetCheckSeverity.WARN,
             description=f"{verdict}: " + ("; ".join(f"{g['metric']} on {g['slice']}: {g['rule']}" for g in deciding[:3])
                                           or "every gate cleared its bound"),
-            metadata={"verdict": verdict, "version": version,
+            metadata={"verdict": verdict, "version": inputs.version, "snapshot_id": inputs.snapshot_id,
+                      "baseline": (result["baseline"] or {}).get("ref", "none"),
                       "deciding_gates": dg.MetadataValue.md(md_table(["metric", "slice", "outcome", "rule"], [
                           [g["metric"], g["slice"], g["outcome"], g.get("rule", "")] for g in deciding]) if deciding
                           else "none")})
 
-    # The report hangs off `evaluation`, not off `release_gates`: a FAIL must still be explained to the person who
-    # acts on it. What the blocking gates check stops is promotion.
-    @dg.asset(key=key(spec, "decision_report"), group_name=task, partitions_def=parts,
-              deps=[evaluation, key(spec, "drift_report")], kinds={"html"},
-              description="The decision report: verdict, deciding gates, overall and slice tables, data quality, "
-                          "drift, reproducibility manifest. Markdown here, self-contained HTML in the lake. Written "
-                          "for every verdict (a FAIL needs explaining most).")
-    def decision_report(context: dg.AssetExecutionContext, lake: LakeResource,
-                        settings: SettingsResource) -> dg.MaterializeResult:
-        ctx = task_context(spec, lake, settings)
-        version = context.partition_key
-        out = pipeline.write_report(ctx, _pinned(ctx, version), version)
-        context.log.info(f"report: {out['html_uri']}")
-        return dg.MaterializeResult(metadata={"verdict": out["verdict"], "report": dg.MetadataValue.md(out["markdown"]),
-                                              "html": dg.MetadataValue.path(out["html_uri"])})
-
-    @dg.asset(key=key(spec, "champion_promotion"), group_name=task, partitions_def=parts,
-              deps=[release_gates, decision_report],
+    @dg.asset(key=key(spec, "champion_promotion"), group_name=task, partitions_def=parts, deps=[release_gates],
               kinds={"python"},
               description="Opt-in (EVAL_PROMOTE_ON_PASS or monitoring.promote_on_pass): a PASSing candidate becomes "
-                          "champion, with an audit record. Never on FAIL or INCONCLUSIVE.")
-    def champion_promotion(context: dg.AssetExecutionContext, lake: LakeResource,
-                           settings: SettingsResource) -> dg.MaterializeResult:
+                          "champion, with an audit record — only if the champion is still the baseline it was "
+                          "evaluated against (compare-and-swap). Never on FAIL or INCONCLUSIVE.")
+    def champion_promotion(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
+                           run_inputs: RunInputsResource) -> dg.MaterializeResult:
         ctx = task_context(spec, lake, settings)
-        version = context.partition_key
-        snap = _pinned(ctx, version)
-        result = pipeline.load_result(ctx, snap, version)
+        inputs = inputs_of_run(context, run_inputs)
+        result = pipeline.load_result(ctx, inputs)
         enabled = settings.promote_on_pass or spec.monitoring.promote_on_pass
         if result["mode"] != "release":
             return dg.MaterializeResult(metadata={"promoted": False, "why": "already champion (monitoring run)"})
         if not enabled or result["verdict"] != "PASS":
             why = "promotion is opt-in and disabled" if not enabled else f"verdict is {result['verdict']}"
             return dg.MaterializeResult(metadata={"promoted": False, "why": why})
-        record = pipeline.promote(ctx, snap, version)
-        context.log.info(f"promoted {ctx.model_name}@{version} to champion (was {record['previous']})")
+        try:
+            record = pipeline.promote(ctx, result)
+        except pipeline.PromotionRefused as exc:
+            # Not a run failure: the evaluation is sound, it is just stale (the re-evaluation sensor follows up).
+            context.log.warning(f"not promoted: {exc}")
+            return dg.MaterializeResult(metadata={"promoted": False, "why": str(exc)})
+        context.log.info(f"promoted {ctx.model_name}@{inputs.version} to champion (was {record['previous']})")
         return dg.MaterializeResult(metadata={"promoted": True, "previous": str(record["previous"]),
                                               "promoted_at": record["promoted_at"]})
 
     return [predictions, evaluation, release_gates, gates_pass, decision_report, champion_promotion]
-

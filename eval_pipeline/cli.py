@@ -86,6 +86,21 @@ def _instance(dagster_home: str | None):
     return dg.DagsterInstance.ephemeral()
 
 
+def _first_error(run) -> str:
+    errors = [_root_cause(e.event_specific_data.error) for e in run.all_events
+              if e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error]
+    return errors[0] if errors else "see Dagster logs"
+
+
+def _built_snapshot(refresh_run, spec) -> str:
+    """The snapshot id the refresh run materialized (its dataset_snapshot metadata)."""
+    for event in refresh_run.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        if mat.asset_key.path == [spec.task, "dataset_snapshot"]:
+            return mat.metadata["snapshot_id"].value
+    raise RuntimeError(f"the refresh run of '{spec.task}' materialized no dataset_snapshot")
+
+
 def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagster_home: str | None = None,
                    output: str | None = None) -> tuple[int, dict | None]:
     """Refresh, validate, score, measure, gate, drift and report one candidate through Dagster, in-process."""
@@ -94,9 +109,9 @@ def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagste
     from eval_pipeline.definitions import build_definitions
     from eval_pipeline.lake import Lake
     from eval_pipeline.registry import Registry, parse_ref, version_sort_key
-    from eval_pipeline.snapshot import load_snapshot
+    from assets.automation import baseline_tag, evaluation_request
     from eval_pipeline.spec import load_spec
-    from resources import LakeResource, SettingsResource
+    from resources import LakeResource, settings_resource
 
     spec = load_spec(spec_path)
     lake = Lake(lake_root)
@@ -114,60 +129,65 @@ def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagste
         champion = registry.champion(spec.model.name)
         others = [v for v in versions if v != champion]
         version = max(others or versions, key=version_sort_key)
+    ctx = pipeline.TaskContext(lake, spec)
     champion = registry.champion(spec.model.name)
+    if champion is None and not pipeline.has_absolute_gates(spec):
+        # Nothing could be decided: say what to do before spending minutes on a run that ends with zero gates.
+        raise pipeline.NoBaselineError(pipeline.no_baseline_message(ctx, version))
     _say(f"task {spec.task}: candidate {spec.model.name}@{version}, baseline "
-         f"{f'{spec.model.name}@{champion}' if champion and champion != version else 'none (monitoring)'}; "
+         f"{f'{spec.model.name}@{champion}' if champion and champion != version else 'none (monitoring)' if champion else 'none (no champion: absolute gates only)'}; "
          f"lake {lake.root}")
 
-    resources = {"lake": LakeResource(root=lake.root),
-                 "settings": SettingsResource(trusted_types=os.environ.get("EVAL_TRUSTED_TYPES", ""),
-                                              promote_on_pass=os.environ.get("EVAL_PROMOTE_ON_PASS", "") in
-                                              ("1", "true", "yes"))}
+    # Parsed by eval_pipeline.settings, the same rules as the daemon's resources (an invalid value is an error).
+    resources = {"lake": LakeResource(root=lake.root), "settings": settings_resource()}
     defs = build_definitions([spec], resources=resources, loggers={"progress": _progress_logger()})
     instance = _instance(dagster_home)
-    instance.add_dynamic_partitions(f"{spec.task}__versions", [version])
 
     run_config = {"loggers": {"progress": {}}}
     started = time.perf_counter()
-    for job_name, partition in ((f"{spec.task}__refresh", None), (f"{spec.task}__evaluate", version)):
-        _say(f"running {job_name}" + (f" [partition {partition}]" if partition else ""))
-        job = defs.resolve_job_def(job_name)
-        tags = {"eval/trigger": "cli", "eval/task": spec.task}
-        if partition:
-            snap, _ = pipeline.snapshot_for_evaluation(pipeline.TaskContext(lake, spec))
-            tags |= {"eval/model": spec.model.name, "eval/version": version, "eval/snapshot": snap.snapshot_id}
-        result = job.execute_in_process(instance=instance, partition_key=partition, raise_on_error=False,
-                                        run_config=run_config, tags=tags)
-        if not result.success:
-            failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
-            if job_name.endswith("__refresh") and failed_checks:
-                _say("data quality FAILED: the evaluation is blocked (see messages above)")
-                return EXIT_ERROR, None
-            if job_name.endswith("__evaluate") and any(e.check_name == "gates_pass" for e in failed_checks):
-                break  # a FAIL verdict blocked promotion; the result JSON and the report exist
-            errors = [_root_cause(e.event_specific_data.error) for e in result.all_events
-                      if e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error]
-            _say("run failed: " + (errors[0] if errors else "see Dagster logs"))
+    # 1. Refresh: builds and validates a snapshot. The evaluation then uses the snapshot THIS run built, not a
+    #    pointer that a concurrent refresh (a sensor, another CLI) may have moved meanwhile.
+    _say(f"running {spec.task}__refresh")
+    refresh = defs.resolve_job_def(f"{spec.task}__refresh").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=run_config,
+        tags={"eval/trigger": "cli", "eval/task": spec.task})
+    if not refresh.success:
+        if any(not e.passed for e in refresh.get_asset_check_evaluations()):
+            _say("data quality FAILED: the evaluation is blocked (see messages above)")
+        else:
+            _say("run failed: " + _first_error(refresh))
+        return EXIT_ERROR, None
+    snapshot_id = _built_snapshot(refresh, spec)
+
+    # 2. The inputs, resolved once (the champion now is the baseline, with its sha256), travel in the run config.
+    inputs = pipeline.resolve_inputs(ctx, version, snapshot_id)
+    request = evaluation_request(spec, lake, inputs, "cli", None, run_config)
+    instance.add_dynamic_partitions(f"{spec.task}__versions", [version])
+    instance.add_dynamic_partitions(f"{spec.task}__evaluations", [inputs.partition_key])
+    _say(f"running {spec.task}__evaluate [partition {inputs.partition_key}, baseline {baseline_tag(inputs)}]")
+    run = defs.resolve_job_def(f"{spec.task}__evaluate").execute_in_process(
+        instance=instance, partition_key=request.partition_key, raise_on_error=False, run_config=request.run_config,
+        tags=request.tags)
+    if not run.success:
+        failed_checks = [e for e in run.get_asset_check_evaluations() if not e.passed]
+        if not any(e.check_name == "gates_pass" for e in failed_checks):
+            _say("run failed: " + _first_error(run))
             return EXIT_ERROR, None
-    ctx = pipeline.TaskContext(lake, spec)
-    pinned = lake.read_json(f"evaluations/{spec.task}/{spec.model.name}/{version}/pinned_snapshot.json")
-    snap = load_snapshot(lake, spec.task, pinned["snapshot_id"])
-    result = pipeline.load_result(ctx, snap, version)
+        # else: a FAIL verdict blocked promotion; the result JSON and the report exist
+    result = pipeline.load_result(ctx, inputs)
+    paths = result["paths"]  # relative to the lake root
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        from eval_pipeline.lake import dumps_canonical
-
-        Path(output).write_text(dumps_canonical(result))
+        Path(output).write_bytes(lake.read_bytes(paths["result"]))  # the very bytes of the evidence set
     verdict = result["verdict"]
-    report_rel = f"{pipeline.evaluation_dir(ctx, version, snap)}/report.html"
     _say(f"done in {time.perf_counter() - started:.1f} s")
     print(f"verdict: {verdict}")
     for g in result["gates"]:
         if g["outcome"] != "PASS":
             print(f"  {g['outcome']:<12} {g['metric']} on {g['slice']}: {g.get('rule', '')}")
-    print(f"result: {result['paths']['result']}")
-    if lake.exists(report_rel):
-        print(f"report: {lake.uri(report_rel)}")
+    print(f"result: {lake.uri(paths['result'])}")
+    if lake.exists(paths["report_html"]):
+        print(f"report: {lake.uri(paths['report_html'])}")
     else:
         print("report: not written (see the run's errors above)")
     return EXIT[verdict], result
@@ -203,29 +223,52 @@ def cmd_demo(args) -> int:
 
 def cmd_register(args) -> int:
     from eval_pipeline.lake import Lake
-    from eval_pipeline.registry import Registry
+    from eval_pipeline.registry import register_file
 
-    data = Path(args.artifact).read_bytes()
-    manifest = Registry(Lake(args.lake)).register(
-        args.name, args.version, data, flavor=args.flavor, artifact_name=Path(args.artifact).name,
+    bad_tags = [t for t in args.tag if "=" not in t]
+    if bad_tags:
+        raise ValueError(f"--tag {bad_tags[0]!r}: expected key=value")
+    # Loads the artifact once (a pickle only with EVAL_ALLOW_PICKLE=1, and in a separate process) and scores a few
+    # rows of the spec's features; refuses what cannot be loaded or scored, before anything is written.
+    manifest, notes = register_file(
+        Lake(args.lake), args.name, args.version, args.artifact, flavor=args.flavor, spec_path=args.spec,
         tags=dict(t.split("=", 1) for t in args.tag), description=args.description or "",
         training_data=args.training_data, id_column=args.id_column,
         score_columns=args.score_columns.split(",") if args.score_columns else None)
+    for note in notes:
+        _say(note)
     print(json.dumps(manifest.model_dump(mode="json"), indent=2))
     return 0
 
 
+def _operator() -> str:
+    """Who ran the command, for the audit record (the login name; 'unknown' when the system has none)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry (containers): still promote, say so in the record
+        return "unknown"
+
+
 def cmd_promote(args) -> int:
+    """Exit 0 only when a promotion was written; every refusal exits 2 with the reason (PromotionRefused)."""
     from eval_pipeline import pipeline
     from eval_pipeline.lake import Lake
-    from eval_pipeline.snapshot import load_snapshot
     from eval_pipeline.spec import load_spec
 
     spec = load_spec(args.spec)
     lake = Lake(args.lake)
     ctx = pipeline.TaskContext(lake, spec)
-    pinned = lake.read_json(f"evaluations/{spec.task}/{spec.model.name}/{args.version}/pinned_snapshot.json")
-    record = pipeline.promote(ctx, load_snapshot(lake, spec.task, pinned["snapshot_id"]), args.version)
+    ctx.registry.manifest(spec.model.name, args.version)  # not registered: says so, naming the model and version
+    if args.initial:
+        record = pipeline.promote_initial(ctx, args.version, by=args.by or _operator(), note=args.reason or "")
+    else:
+        if args.by or args.reason:
+            raise ValueError("--by and --reason go with --initial; a promotion's evidence is its evaluation")
+        record = pipeline.promote(ctx, pipeline.result_for_promotion(ctx, args.version, args.snapshot))
+    _say(f"{spec.model.name}@{args.version} is now the champion (previous: {record['previous'] or 'none'}); "
+         f"audit record written under {lake.uri(f'registry/{spec.model.name}/promotions')}")
     print(json.dumps(record, indent=2))
     return 0
 
@@ -257,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--version", required=True)
     r.add_argument("--flavor", required=True, choices=["sklearn-skops", "sklearn-joblib", "predictions"])
     r.add_argument("--artifact", required=True, help="model file (.skops / .joblib) or predictions parquet")
+    r.add_argument("--spec", help="spec of the task the model is for (default: the spec(s) in $EVAL_SPECS or the "
+                                  "packaged ones whose model.name is --name); its features are scored as a check")
     r.add_argument("--id-column", help="predictions flavor: the row-id column")
     r.add_argument("--score-columns", help="predictions flavor: comma-separated score column(s)")
     r.add_argument("--training-data", help="reference to the training data")
@@ -264,10 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tag", action="append", default=[], help="key=value (repeatable)")
     r.set_defaults(func=cmd_register)
 
-    pr = sub.add_parser("promote", help="make a PASSing evaluated version the champion (audit record written)")
+    pr = sub.add_parser("promote", help="make a version champion: one that PASSed against the current champion, or "
+                                        "(--initial) the first champion of a model; audit record written")
     pr.add_argument("--spec", required=True)
     pr.add_argument("--lake", default=os.environ.get("EVAL_LAKE_ROOT"), required="EVAL_LAKE_ROOT" not in os.environ)
     pr.add_argument("--version", required=True)
+    pr.add_argument("--snapshot", help="which evaluation, when the version was evaluated on several snapshots")
+    pr.add_argument("--initial", action="store_true",
+                    help="name the FIRST champion of the model (refused when it already has one)")
+    pr.add_argument("--by", help="--initial: who decided (default: the login name), for the audit record")
+    pr.add_argument("--reason", help="--initial: why, for the audit record")
     pr.set_defaults(func=cmd_promote)
     return p
 
@@ -276,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     try:
+        from eval_pipeline.settings import load_settings
+
+        load_settings()  # every EVAL_* variable, up front: an invalid value exits 2 naming the variable
         return args.func(args)
     except (ValueError, FileNotFoundError, PermissionError) as exc:
         _say(f"error: {exc}")

@@ -4,23 +4,23 @@ Specs come from EVAL_SPECS (files or folders, separated by ':'); by default the 
 eval_pipeline/specs/. This module and cli.py are the only places where the engine meets Dagster.
 """
 
-import os
 from pathlib import Path
 
 import dagster as dg
 
 from assets import build_task_assets
 from assets.automation import build_automation
+from assets.common import RUN_INPUTS, RunInputsResource
 from resources import resources_from_env
 
+from .settings import load_settings
 from .spec import EvalSpec, load_spec
 
 PACKAGED_SPECS = Path(__file__).parent / "specs"
 
 
 def spec_paths() -> list[Path]:
-    raw = os.environ.get("EVAL_SPECS", "")
-    entries = [Path(p) for p in raw.split(os.pathsep) if p.strip()] or [PACKAGED_SPECS]
+    entries = [Path(p) for p in load_settings(warn=False).specs] or [PACKAGED_SPECS]
     paths: list[Path] = []
     for entry in entries:
         if entry.is_dir():
@@ -51,7 +51,8 @@ def task_jobs(spec: EvalSpec) -> list:
         f"{prefix}__evaluate",
         selection=dg.AssetSelection.groups(prefix) - dg.AssetSelection.assets(
             [prefix, "dataset_snapshot"], [prefix, "drift_report"]),
-        description="Score, measure, gate, report (and optionally promote) one model version (a partition).")
+        description="Score, measure, report, gate (and optionally promote) one model version on one snapshot (a "
+                    "partition <version>@<snapshot_id>) against the baseline recorded in the run config.")
     return [refresh, evaluate]
 
 
@@ -67,8 +68,11 @@ def build_definitions(specs: list[EvalSpec] | None = None, resources: dict | Non
         auto = build_automation(spec, *task_jobs_)
         sensors += auto["sensors"]
         schedules += auto["schedules"]
+    resources = dict(resources or resources_from_env())
+    # Each evaluation run's inputs (candidate sha256, baseline version and sha256) come from its own run config.
+    resources.setdefault(RUN_INPUTS, RunInputsResource.configure_at_launch())
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors, schedules=schedules,
-                          resources=resources or resources_from_env(), loggers=loggers)
+                          resources=resources, loggers=loggers)
 
 
 def __getattr__(name: str):

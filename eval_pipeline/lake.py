@@ -258,6 +258,29 @@ class Lake:
             finally:
                 writer.close()
 
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create an object only if it does not exist yet (True), else leave it alone (False): the primitive under
+        locks. Locally O_CREAT|O_EXCL; on S3 a conditional PUT (If-None-Match: *)."""
+        target = self.path(rel)
+        if self.is_local:
+            os.makedirs(posixpath.dirname(target), exist_ok=True)
+            try:
+                fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            return True
+        try:
+            self.fs.pipe_file(target, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:  # some endpoints answer a failed precondition without s3fs mapping it
+            if "PreconditionFailed" in str(exc) or "412" in str(exc):
+                return False
+            raise
+        return True
+
     def delete(self, rel: str, recursive: bool = False) -> None:
         if self.exists(rel):
             self.fs.rm(self.path(rel), recursive=recursive)

@@ -7,15 +7,24 @@ which makes re-runs idempotent and results byte-identical.
     quality/<task>/<snapshot>/result.json, report.html
     drift/<task>/<snapshot>/drift.json, drift.html
     predictions/<task>/<snapshot>/<model>/<version>.parquet
-    evaluations/<task>/<model>/<version>/<snapshot>/metrics.json, gates.json, result.json, report.md, report.html
+    evaluations/<task>/<model>/<version>/<snapshot>/vs-<baseline|none>-<evidence id>/
+        metrics.json, gates.json, report.md, report.html, spec.yaml, then result.json LAST (marks the set complete)
     history/<task>/<model>/<version>-<snapshot>.json
+
+An evaluation's inputs (candidate, baseline version and sha256, snapshot) are an ``EvalInputs`` resolved once before
+it starts and passed to every step; no step looks up the champion or a "latest" pointer by itself.
 """
 
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 
-
-from .lake import Lake
+from .lake import Lake, LakeError
 from .registry import ModelManifest, Registry
 from .scoring import predictions_path, score_columns, score_model
 from .snapshot import DataError, Snapshot, eval_rows, load_snapshot, read_window, refresh_snapshot
@@ -147,30 +156,170 @@ def drift(ctx: TaskContext, snap: Snapshot):
     return result
 
 
-# -- models ----------------------------------------------------------------------------------------------------------
-def resolve_pair(ctx: TaskContext, version: str) -> tuple[ModelManifest, ModelManifest | None]:
-    """The candidate version and the baseline it is compared with (the champion; none if it is the champion)."""
+# -- run inputs ------------------------------------------------------------------------------------------------------
+# What one evaluation evaluates is fixed before it starts and carried by the run itself (Dagster: the partition key
+# ``<version>@<snapshot_id>`` and the run config; CLI: the same), never read back from a shared pointer in the lake:
+# two runs of one version on two snapshots, or one run while the champion changes, cannot see each other's inputs.
+PARTITION_SEP = "@"  # never part of a version (registry names are [A-Za-z0-9_.-]) nor of a snapshot id (hex)
+
+
+class NoBaselineError(EvaluationError):
+    """Nothing to decide on: no champion to compare with and no absolute gate."""
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """The candidate, the baseline (recorded once, version and sha256) and the snapshot of one evaluation."""
+
+    version: str
+    candidate_sha256: str
+    snapshot_id: str
+    baseline: str | None = None          # None: no baseline (monitoring the champion, or no champion yet)
+    baseline_sha256: str | None = None
+    monitoring: bool = False             # the candidate was the champion when the inputs were resolved
+
+    @property
+    def partition_key(self) -> str:
+        return f"{self.version}{PARTITION_SEP}{self.snapshot_id}"
+
+    def as_config(self) -> dict:
+        """The run-config form (every field a string: Dagster config has no Optional-vs-missing distinction)."""
+        return {"candidate_sha256": self.candidate_sha256, "baseline": self.baseline or "",
+                "baseline_sha256": self.baseline_sha256 or "", "monitoring": self.monitoring}
+
+    @classmethod
+    def from_config(cls, partition_key: str, config: dict) -> "EvalInputs":
+        version, snapshot_id = split_partition_key(partition_key)
+        baseline = config.get("baseline") or None
+        sha = config.get("baseline_sha256") or None
+        if (baseline is None) != (sha is None):
+            raise EvaluationError(f"run inputs of {partition_key}: baseline {baseline!r} and baseline_sha256 "
+                                  f"{sha!r} must be given together (both empty: no baseline)")
+        if not config.get("candidate_sha256"):
+            raise EvaluationError(f"run inputs of {partition_key}: candidate_sha256 is empty")
+        return cls(version, config["candidate_sha256"], snapshot_id, baseline, sha, bool(config.get("monitoring")))
+
+
+def split_partition_key(key: str) -> tuple[str, str]:
+    """'<version>@<snapshot_id>' -> (version, snapshot_id), refusing anything else with the expected form."""
+    version, sep, snapshot_id = (key or "").rpartition(PARTITION_SEP)
+    if not sep or not version or not snapshot_id:
+        raise EvaluationError(f"evaluation partition {key!r} must look like <version>@<snapshot_id>")
+    return version, snapshot_id
+
+
+def has_absolute_gates(spec: EvalSpec) -> bool:
+    return any(g.kind == "absolute" for g in spec.gates)
+
+
+def no_baseline_message(ctx: TaskContext, version: str) -> str:
+    return (f"model '{ctx.model_name}' has no champion and spec '{ctx.task}' has no absolute gates, so there is "
+            f"nothing to decide {ctx.model_name}@{version} on: name the first champion with `eval-pipeline promote "
+            f"--initial --spec <spec> --lake <lake> --version <V>` (then candidates are compared with it), or add "
+            f"an absolute gate to the spec")
+
+
+def resolve_inputs(ctx: TaskContext, version: str, snapshot_id: str | None = None) -> EvalInputs:
+    """Resolve an evaluation's inputs ONCE: the candidate's sha256, the champion now (version and sha256) as the
+    baseline, and the snapshot (given, or the newest validated one). A snapshot that is not validated is refused."""
+    if snapshot_id is None:
+        snap, _ = snapshot_for_evaluation(ctx)
+    else:
+        snap = load_snapshot(ctx.lake, ctx.task, snapshot_id)
+    require_quality_passed(ctx, snap)
     candidate = ctx.registry.manifest(ctx.model_name, version)
     champion = ctx.registry.champion(ctx.model_name)
+    if champion is None and not has_absolute_gates(ctx.spec):
+        raise NoBaselineError(no_baseline_message(ctx, version))
     if champion is None or champion == version:
-        return candidate, None
-    return candidate, ctx.registry.manifest(ctx.model_name, champion)
+        return EvalInputs(version, candidate.sha256, snap.snapshot_id, monitoring=champion == version)
+    baseline = ctx.registry.manifest(ctx.model_name, champion)
+    return EvalInputs(version, candidate.sha256, snap.snapshot_id, baseline.version, baseline.sha256)
 
 
-def score(ctx: TaskContext, snap: Snapshot, version: str) -> dict:
+def _pinned_manifest(ctx: TaskContext, version: str, sha256: str, role: str) -> ModelManifest:
+    manifest = ctx.registry.manifest(ctx.model_name, version)
+    if manifest.sha256 != sha256:
+        raise EvaluationError(f"{role} {manifest.ref}: its manifest now pins sha256 {manifest.sha256[:16]}…, but "
+                              f"this evaluation was launched for sha256 {sha256[:16]}…; the version changed after "
+                              f"the run was requested, so it is not evaluated: request a new evaluation")
+    return manifest
+
+
+def run_models(ctx: TaskContext, inputs: EvalInputs) -> tuple[ModelManifest, ModelManifest | None]:
+    """The candidate and the recorded baseline (not a fresh champion lookup), each checked against its sha256."""
+    candidate = _pinned_manifest(ctx, inputs.version, inputs.candidate_sha256, "candidate")
+    baseline = (_pinned_manifest(ctx, inputs.baseline, inputs.baseline_sha256, "baseline")
+                if inputs.baseline else None)
+    return candidate, baseline
+
+
+def run_snapshot(ctx: TaskContext, inputs: EvalInputs) -> Snapshot:
+    """The run's own snapshot; refused (never replaced by another) when it is not validated."""
+    snap = load_snapshot(ctx.lake, ctx.task, inputs.snapshot_id)
+    try:
+        require_quality_passed(ctx, snap)
+    except EvaluationError as exc:
+        raise EvaluationError(f"this run evaluates snapshot {inputs.snapshot_id} (partition "
+                              f"{inputs.partition_key}), which cannot be used: {exc}") from None
+    return snap
+
+
+def _gate_defs(ctx: TaskContext, inputs: EvalInputs):
+    from .engine import GateDef
+
+    # Without a baseline, non-inferiority has nothing to compare with: only absolute gates apply.
+    gates = [GateDef(metric=g.metric, kind=g.kind, min=g.min, max=g.max, margin=g.margin,
+                     slices=g.slices if isinstance(g.slices, str) else list(g.slices), name=g.name)
+             for g in ctx.spec.gates if inputs.baseline is not None or g.kind == "absolute"]
+    if not gates and inputs.baseline is None and not inputs.monitoring:
+        raise NoBaselineError(no_baseline_message(ctx, inputs.version))
+    return gates
+
+
+# -- models ----------------------------------------------------------------------------------------------------------
+def score(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dict:
     require_quality_passed(ctx, snap)
-    candidate, baseline = resolve_pair(ctx, version)
+    candidate, baseline = run_models(ctx, inputs)
     out = {"candidate": score_model(ctx.lake, ctx.registry, ctx.spec, snap, candidate, ctx.trusted_types)}
     if baseline is not None:
         out["baseline"] = score_model(ctx.lake, ctx.registry, ctx.spec, snap, baseline, ctx.trusted_types)
     return out
 
 
+# -- evidence: one content-keyed set per (candidate x baseline x snapshot x spec) ------------------------------------
+EVIDENCE_FILES = ("metrics.json", "gates.json", "report.md", "report.html")  # result.json is written last
+
+
+def evidence_id(ctx: TaskContext, inputs: EvalInputs) -> str:
+    """Content key of an evaluation: the candidate's and baseline's sha256, the snapshot (content-addressed) and the
+    spec's hash. Same key, same bytes (the evaluation is deterministic); a different spec or baseline, another set."""
+    key = json.dumps({"candidate": inputs.candidate_sha256, "baseline": inputs.baseline_sha256,
+                      "snapshot": inputs.snapshot_id, "spec": ctx.spec.spec_hash(),
+                      "monitoring": inputs.monitoring}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def evaluation_dir(ctx: TaskContext, inputs: EvalInputs) -> str:
+    """evaluations/<task>/<model>/<version>/<snapshot>/<vs-BASELINE | monitoring | vs-none>-<evidence id>, relative
+    to the lake root: the folder name says what it was compared with, the id makes it content-keyed."""
+    against = "monitoring" if inputs.monitoring else f"vs-{inputs.baseline or 'none'}"
+    return (f"evaluations/{ctx.task}/{ctx.model_name}/{inputs.version}/{inputs.snapshot_id}/"
+            f"{against}-{evidence_id(ctx, inputs)}")
+
+
+def evidence_complete(ctx: TaskContext, inputs: EvalInputs) -> bool:
+    """result.json is written last, after every other member of the set: its presence marks the set complete."""
+    return ctx.lake.exists(f"{evaluation_dir(ctx, inputs)}/result.json")
+
+
+def evidence_paths(folder: str) -> dict:
+    return {"folder": folder, "result": f"{folder}/result.json", "metrics": f"{folder}/metrics.json",
+            "gates": f"{folder}/gates.json", "report_md": f"{folder}/report.md",
+            "report_html": f"{folder}/report.html"}
+
+
 # -- metrics and gates -----------------------------------------------------------------------------------------------
-def evaluation_dir(ctx: TaskContext, version: str, snap: Snapshot) -> str:
-    return f"evaluations/{ctx.task}/{ctx.model_name}/{version}/{snap.snapshot_id}"
-
-
 def _engine_batches(ctx: TaskContext, snap: Snapshot, roles: dict[str, ModelManifest]):
     """Evaluation rows joined with each role's predictions, streamed in snapshot order."""
     spec = ctx.spec
@@ -203,55 +352,57 @@ def _role_columns(spec: EvalSpec, role: str):
     return cols if spec.task_type == "multiclass_classification" else cols[0]
 
 
-def compute_metrics(ctx: TaskContext, snap: Snapshot, version: str):
-    """Metrics with intervals and paired deltas, and the gates applied to them.
+def compute_metrics(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dict:
+    """Metrics with intervals and paired deltas, and the gates applied to them; returns the metrics dict.
 
     Gates are decided here, next to the bootstrap replicates they need (replicates are large and are not
-    persisted); the release_gates step turns the persisted gate outcomes into the verdict and result JSON.
+    persisted). A complete evidence set for these inputs already exists: nothing is recomputed or rewritten.
     """
-    from .engine import GateDef, SliceConfig, apply_gates, evaluate
+    from .engine import SliceConfig, apply_gates, evaluate
 
+    folder = evaluation_dir(ctx, inputs)
+    if evidence_complete(ctx, inputs):
+        return ctx.lake.read_json(f"{folder}/metrics.json")
     spec = ctx.spec
-    candidate, baseline = resolve_pair(ctx, version)
+    candidate, baseline = run_models(ctx, inputs)
+    gates = _gate_defs(ctx, inputs)
     roles = {"candidate": candidate} | ({"baseline": baseline} if baseline else {})
     s = spec.slices
     result = evaluate(
         _engine_batches(ctx, snap, roles), task_type=spec.task_type, label=spec.columns.label,
         predictions={role: _role_columns(spec, role) for role in roles},
-        slices=SliceConfig(columns=list(s.columns), crosses=[list(c) for c in s.crosses],
-                           bins={k: list(v) for k, v in s.bins.items()}, min_size=s.min_size,
-                           max_values=s.max_values),
+        slices=SliceConfig(**s.engine_kwargs(SliceConfig)),  # incl. slices.min_positives / min_negatives
         metrics=spec.metric_names(), threshold=spec.model.threshold, classes=spec.model.classes,
         top_k=spec.model.top_k, ece_bins=spec.evaluation.ece_bins, n_boot=spec.evaluation.bootstrap_replicates,
         seed=spec.evaluation.seed, confidence=spec.evaluation.confidence,
         baseline="baseline" if baseline else None, candidate="candidate")
-    # Monitoring the champion alone: non-inferiority has nothing to compare with, so only absolute gates apply.
-    gates = [GateDef(metric=g.metric, kind=g.kind, min=g.min, max=g.max, margin=g.margin,
-                     slices=g.slices if isinstance(g.slices, str) else list(g.slices), name=g.name)
-             for g in spec.gates if baseline is not None or g.kind == "absolute"]
     report = apply_gates(result, gates, multiplicity=spec.evaluation.multiplicity)
-    folder = evaluation_dir(ctx, version, snap)
-    ctx.lake.write_json(f"{folder}/metrics.json", result.to_dict())
+    metrics = result.to_dict()
+    # Members of the set before result.json; a crash here leaves an incomplete set that the next run redoes.
+    ctx.lake.write_json(f"{folder}/metrics.json", metrics)
     ctx.lake.write_json(f"{folder}/gates.json", report.to_dict())
-    return result
+    return metrics
 
 
-def build_result(ctx: TaskContext, snap: Snapshot, version: str) -> dict:
-    """The machine-readable result (verdict, gates, metrics, hashes) from the persisted step outputs; no writes."""
+def build_result(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dict:
+    """The machine-readable result (verdict, gates, metrics, hashes) from the persisted step outputs; no writes.
+
+    Paths are relative to the lake root, so identical evaluations in two lakes give byte-identical JSON."""
     spec = ctx.spec
-    candidate, baseline = resolve_pair(ctx, version)
-    folder = evaluation_dir(ctx, version, snap)
+    candidate, baseline = run_models(ctx, inputs)
+    folder = evaluation_dir(ctx, inputs)
     metrics_dict = ctx.lake.read_json(f"{folder}/metrics.json")
     gates_dict = ctx.lake.read_json(f"{folder}/gates.json")
     quality = ctx.lake.read_json(quality_paths(ctx, snap)[0])
-    result = {
+    return {
         "schema_version": 1,
         "task": spec.task,
         "task_type": spec.task_type,
-        "mode": "release" if baseline is not None else "monitoring",
+        "mode": "monitoring" if inputs.monitoring else "release",
         "verdict": gates_dict["verdict"],
         "candidate": _model_entry(candidate),
         "baseline": _model_entry(baseline) if baseline else None,
+        "evidence_id": evidence_id(ctx, inputs),
         "gates": gates_dict["gates"],
         "gate_summary": {k: v for k, v in gates_dict.items() if k != "gates"},
         "metrics": metrics_dict,
@@ -263,24 +414,31 @@ def build_result(ctx: TaskContext, snap: Snapshot, version: str) -> dict:
         "reproducibility": {"spec_sha256": spec.spec_hash(), "seed": spec.evaluation.seed,
                             "bootstrap_replicates": spec.evaluation.bootstrap_replicates,
                             "packages": package_versions()},
-        "paths": {"folder": ctx.lake.uri(folder), "result": ctx.lake.uri(f"{folder}/result.json"),
-                  "report_html": ctx.lake.uri(f"{folder}/report.html")},
+        "paths": evidence_paths(folder),
     }
-    return result
 
 
-def decide(ctx: TaskContext, snap: Snapshot, version: str) -> dict:
-    """Write the result JSON and one line of metric history. Returns the result dict."""
-    result = build_result(ctx, snap, version)
-    folder = evaluation_dir(ctx, version, snap)
+def decide(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dict:
+    """Commit the evidence set: result.json, written LAST (it records the sha256 of every other member), then one
+    line of metric history. A complete set is returned as it is (re-running the same thing writes nothing)."""
+    folder = evaluation_dir(ctx, inputs)
+    if evidence_complete(ctx, inputs):
+        return ctx.lake.read_json(f"{folder}/result.json")
+    result = build_result(ctx, snap, inputs)
+    missing = [n for n in EVIDENCE_FILES if not ctx.lake.exists(f"{folder}/{n}")]
+    if missing:
+        raise EvaluationError(f"evidence set {folder} is incomplete ({', '.join(missing)} missing); the evaluation "
+                              f"and report steps must run before the result is written")
     ctx.lake.write_text(f"{folder}/spec.yaml", spec_text_from(ctx.spec))  # what asked for this result
+    result["evidence_files"] = {n: hashlib.sha256(ctx.lake.read_bytes(f"{folder}/{n}")).hexdigest()
+                                for n in EVIDENCE_FILES + ("spec.yaml",)}
     ctx.lake.write_json(f"{folder}/result.json", result)
-    metrics_dict = result["metrics"]
-    ctx.lake.write_json(f"history/{ctx.task}/{ctx.model_name}/{version}-{snap.snapshot_id}.json", {
-        "task": ctx.task, "model": ctx.model_name, "version": version, "snapshot_id": snap.snapshot_id,
+    ctx.lake.write_json(f"history/{ctx.task}/{ctx.model_name}/{inputs.version}-{snap.snapshot_id}.json", {
+        "task": ctx.task, "model": ctx.model_name, "version": inputs.version, "snapshot_id": snap.snapshot_id,
+        "baseline": result["baseline"]["ref"] if result["baseline"] else None, "evidence_id": result["evidence_id"],
         "mode": result["mode"], "verdict": result["verdict"],
         "time_range": snap.manifest.get("time_range"),
-        "overall": _overall(metrics_dict),
+        "overall": _overall(result["metrics"]),
     })
     return result
 
@@ -300,43 +458,195 @@ def _overall(metrics_dict: dict) -> dict:
     return {}
 
 
-def load_result(ctx: TaskContext, snap: Snapshot, version: str) -> dict:
-    return ctx.lake.read_json(f"{evaluation_dir(ctx, version, snap)}/result.json")
+def load_result(ctx: TaskContext, inputs: EvalInputs) -> dict:
+    rel = f"{evaluation_dir(ctx, inputs)}/result.json"
+    if not ctx.lake.exists(rel):
+        raise EvaluationError(f"{ctx.model_name}@{inputs.version} has no complete evaluation on snapshot "
+                              f"{inputs.snapshot_id} against {_baseline_words(ctx, inputs.baseline)} with this spec "
+                              f"(no {ctx.lake.uri(rel)})")
+    return ctx.lake.read_json(rel)
+
+
+def _baseline_words(ctx: TaskContext, baseline: str | None) -> str:
+    return f"{ctx.model_name}@{baseline}" if baseline else "no baseline"
 
 
 def history(ctx: TaskContext) -> list[dict]:
     return [ctx.lake.read_json(p) for p in ctx.lake.ls(f"history/{ctx.task}/{ctx.model_name}")]
 
 
+def results_of(ctx: TaskContext, version: str) -> list[dict]:
+    """Every complete evaluation of a version in the lake (any snapshot, baseline or spec), oldest snapshot first."""
+    out = []
+    for f in ctx.lake.find(f"evaluations/{ctx.task}/{ctx.model_name}/{version}"):
+        if f["rel"].endswith("/result.json"):
+            try:
+                out.append(ctx.lake.read_json(f["rel"]))
+            except (FileNotFoundError, LakeError):
+                continue
+    return sorted(out, key=lambda r: ((r.get("dataset") or {}).get("time_range") or [""])[-1] or "")
+
+
 # -- report and promotion --------------------------------------------------------------------------------------------
-def write_report(ctx: TaskContext, snap: Snapshot, version: str) -> dict:
+def write_report(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dict:
     from .report import render_html, render_markdown
 
-    folder = evaluation_dir(ctx, version, snap)
-    result = build_result(ctx, snap, version)
+    folder = evaluation_dir(ctx, inputs)
+    paths = evidence_paths(folder)
+    if evidence_complete(ctx, inputs):
+        result = ctx.lake.read_json(paths["result"])
+        return {"markdown": ctx.lake.read_text(paths["report_md"]), "html_uri": ctx.lake.uri(paths["report_html"]),
+                "verdict": result["verdict"]}
+    result = build_result(ctx, snap, inputs)
     quality = ctx.lake.read_json(quality_paths(ctx, snap)[0])
     drift_rel = f"drift/{ctx.task}/{snap.snapshot_id}/drift.json"
     drift_summary = ctx.lake.read_json(drift_rel) if ctx.lake.exists(drift_rel) else None
     md = render_markdown(result, quality, drift_summary, spec=ctx.spec)
+    # The report names lake files relative to the lake root, like the result JSON (same bytes in any lake).
     html = render_html(result, quality, drift_summary, spec=ctx.spec,
-                       drift_html_uri=ctx.lake.uri(f"drift/{ctx.task}/{snap.snapshot_id}/drift.html"))
-    ctx.lake.write_text(f"{folder}/report.md", md)
-    ctx.lake.write_text(f"{folder}/report.html", html)
-    ctx.lake.write_json(f"evaluations/{ctx.task}/{ctx.model_name}/{version}/latest.json",
-                        {"snapshot_id": snap.snapshot_id, "verdict": result["verdict"]})
-    return {"markdown": md, "html_uri": ctx.lake.uri(f"{folder}/report.html"), "verdict": result["verdict"]}
+                       drift_html_uri=f"drift/{ctx.task}/{snap.snapshot_id}/drift.html")
+    ctx.lake.write_text(paths["report_md"], md)
+    ctx.lake.write_text(paths["report_html"], html)
+    return {"markdown": md, "html_uri": ctx.lake.uri(paths["report_html"]), "verdict": result["verdict"]}
 
 
-def promote(ctx: TaskContext, snap: Snapshot, version: str) -> dict | None:
-    """Make a PASSing candidate the champion (opt-in). Never on FAIL or INCONCLUSIVE."""
-    result = load_result(ctx, snap, version)
-    if result["mode"] != "release":
-        return None
+class PromotionRefused(EvaluationError):
+    """A promotion that must not happen; the message says why in the operator's terms."""
+
+
+PROMOTION_LOCK_SECONDS = 120  # a lock older than this was left by a crashed promoter
+
+
+@contextlib.contextmanager
+def promotion_lock(ctx: TaskContext, wait_seconds: float = 15.0):
+    """Serialise promotions of one model (the compare and the swap happen under it): an exclusively created lock
+    object in the registry (O_EXCL locally, a conditional PUT on S3), removed afterwards; a stale one (crashed
+    holder, older than PROMOTION_LOCK_SECONDS) is broken."""
+    rel = f"registry/{ctx.model_name}/promotion.lock"
+    deadline = time.monotonic() + wait_seconds
+    body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "at": time.time()}).encode()
+    while not ctx.lake.create_exclusive(rel, body):
+        try:
+            held = ctx.lake.read_json(rel)
+            if time.time() - float(held.get("at", 0)) > PROMOTION_LOCK_SECONDS:
+                ctx.lake.delete(rel)
+                continue
+        except (FileNotFoundError, LakeError, ValueError, AttributeError):
+            continue
+        if time.monotonic() > deadline:
+            raise PromotionRefused(f"another promotion of model '{ctx.model_name}' is in progress (lock "
+                                   f"{ctx.lake.uri(rel)} held by {held}); try again")
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        ctx.lake.delete(rel)
+
+
+def promote(ctx: TaskContext, result: dict) -> dict:
+    """Compare-and-swap: make the evaluated candidate champion only if the champion NOW is the baseline it was
+    evaluated against (version and sha256) and its verdict is PASS. Otherwise PromotionRefused says why."""
+    name = ctx.model_name
+    cand = result["candidate"]["ref"]
+    version = result["candidate"]["version"]
+    snapshot_id = result["dataset"]["snapshot_id"]
+    if result["reproducibility"]["spec_sha256"] != ctx.spec.spec_hash():
+        raise PromotionRefused(f"{cand}: this evaluation used another spec (sha256 "
+                               f"{result['reproducibility']['spec_sha256'][:16]}…); evaluate it with this spec")
+    if result["mode"] == "monitoring":
+        raise PromotionRefused(f"{cand} was the champion when it was evaluated (monitoring); nothing to promote")
+    baseline = result.get("baseline")
+    if baseline is None:
+        raise PromotionRefused(f"{cand} was evaluated without a baseline (model '{name}' had no champion); name "
+                               f"the first champion with `eval-pipeline promote --initial`")
     if result["verdict"] != "PASS":
-        raise EvaluationError(f"{ctx.model_name}@{version} is {result['verdict']}; only a PASS can be promoted")
-    evidence = {"result": result["paths"]["result"], "snapshot_id": snap.snapshot_id,
-                "spec_sha256": result["reproducibility"]["spec_sha256"],
-                "baseline": result["baseline"]["ref"] if result["baseline"] else None,
-                "gates": [{k: g.get(k) for k in ("gate", "metric", "slice", "outcome", "rule")} for g in result["gates"]]}
-    return ctx.registry.set_champion(ctx.model_name, version, evidence=evidence,
-                                     reason=f"passed {len(result['gates'])} gates on snapshot {snap.snapshot_id}")
+        raise PromotionRefused(f"{cand} is {result['verdict']} against {baseline['ref']} on snapshot "
+                               f"{snapshot_id}; only a PASS can be promoted")
+    with promotion_lock(ctx):
+        champion = ctx.registry.champion(name)
+        if champion == version:
+            raise PromotionRefused(f"{cand} is already the champion; nothing to promote")
+        if champion != baseline["version"]:
+            raise PromotionRefused(
+                f"{cand} was evaluated against {baseline['ref']}, but the champion is now "
+                f"{f'{name}@{champion}' if champion else 'none'}: it must be re-evaluated against the current "
+                f"champion before it can be promoted (the re-evaluation sensor requests that evaluation; by hand: "
+                f"`eval-pipeline evaluate --candidate {cand}`)")
+        current = ctx.registry.manifest(name, champion)
+        if current.sha256 != baseline["sha256"]:
+            raise PromotionRefused(f"{cand} was evaluated against {baseline['ref']} with sha256 "
+                                   f"{baseline['sha256'][:16]}…, but that version now pins {current.sha256[:16]}…; "
+                                   f"re-evaluate it")
+        evidence = {"result": result["paths"]["result"], "evidence_id": result.get("evidence_id"),
+                    "snapshot_id": snapshot_id, "spec_sha256": result["reproducibility"]["spec_sha256"],
+                    "candidate_sha256": result["candidate"]["sha256"],
+                    "baseline": baseline["ref"], "baseline_sha256": baseline["sha256"],
+                    "gates": [{k: g.get(k) for k in ("gate", "metric", "slice", "outcome", "rule")}
+                              for g in result["gates"]]}
+        return ctx.registry.set_champion(name, version, evidence=evidence,
+                                         reason=f"passed {len(result['gates'])} gates against {baseline['ref']} on "
+                                                f"snapshot {snapshot_id}")
+
+
+def promote_initial(ctx: TaskContext, version: str, by: str, note: str = "") -> dict:
+    """Name the FIRST champion of a model by hand (audited): refused when the model already has one."""
+    name = ctx.model_name
+    manifest = ctx.registry.manifest(name, version)  # must be registered and valid
+    with promotion_lock(ctx):
+        champion = ctx.registry.champion(name)
+        if champion is not None:
+            raise PromotionRefused(f"model '{name}' already has a champion ({name}@{champion}); --initial only names "
+                                   f"the first one. Promote a candidate that PASSed against it instead")
+        failed = [r for r in results_of(ctx, version) if r.get("verdict") == "FAIL"
+                  and r["reproducibility"]["spec_sha256"] == ctx.spec.spec_hash()]
+        if failed:
+            r = failed[-1]
+            raise PromotionRefused(f"{manifest.ref} FAILed its evaluation on snapshot {r['dataset']['snapshot_id']} "
+                                   f"({r['paths']['result']}); a failing version is not named champion")
+        evidence = {"initial": True, "by": by, "sha256": manifest.sha256, "note": note,
+                    "command": "eval-pipeline promote --initial"}
+        return ctx.registry.set_champion(name, version, evidence=evidence,
+                                         reason=f"first champion of '{name}', named by {by}"
+                                                + (f": {note}" if note else ""))
+
+
+def result_for_promotion(ctx: TaskContext, version: str, snapshot_id: str | None = None) -> dict:
+    """The evaluation that can justify promoting a version now: against the current champion, with this spec (on
+    the given snapshot, or the one evaluation there is, or the one on the newest validated snapshot)."""
+    name = ctx.model_name
+    ref = f"{name}@{version}"
+    champion = ctx.registry.champion(name)
+    if champion is None:
+        raise PromotionRefused(f"model '{name}' has no champion yet, so {ref} has nothing to replace: name the first "
+                               f"champion with `eval-pipeline promote --initial --version <V>` (audited)")
+    if champion == version:
+        raise PromotionRefused(f"{ref} is already the champion; nothing to promote")
+    where = f" on snapshot {snapshot_id}" if snapshot_id else ""
+    results = [r for r in results_of(ctx, version)
+               if not snapshot_id or r["dataset"]["snapshot_id"] == snapshot_id]
+    if not results:
+        raise PromotionRefused(f"{ref} has never been evaluated{where} (no result under "
+                               f"{ctx.lake.uri(f'evaluations/{ctx.task}/{name}/{version}')}): evaluate it first, "
+                               f"`eval-pipeline evaluate --candidate {ref}`")
+    same_spec = [r for r in results if r["reproducibility"]["spec_sha256"] == ctx.spec.spec_hash()]
+    if not same_spec:
+        raise PromotionRefused(f"{ref} was evaluated{where} only with another version of spec '{ctx.task}'; "
+                               f"evaluate it with this spec first")
+    current = [r for r in same_spec if (r.get("baseline") or {}).get("version") == champion]
+    if not current:
+        against = sorted({(r.get("baseline") or {}).get("ref") or "no baseline" for r in same_spec})
+        raise PromotionRefused(f"{ref} was evaluated{where} against {', '.join(against)}, but the champion is now "
+                               f"{name}@{champion}: it must be re-evaluated against the current champion first (the "
+                               f"re-evaluation sensor requests that; by hand: `eval-pipeline evaluate --candidate "
+                               f"{ref}`)")
+    snapshots = sorted({r["dataset"]["snapshot_id"] for r in current})
+    if len(snapshots) > 1:
+        try:
+            newest = snapshot_for_evaluation(ctx)[0].snapshot_id
+        except (EvaluationError, DataError, LakeError, FileNotFoundError):
+            newest = None
+        current = [r for r in current if r["dataset"]["snapshot_id"] == newest]
+        if not current:
+            raise PromotionRefused(f"{ref} was evaluated against {name}@{champion} on several snapshots "
+                                   f"({', '.join(snapshots)}); say which one with --snapshot")
+    return current[-1]

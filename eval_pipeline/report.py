@@ -78,10 +78,12 @@ def _summary_sentence(result: dict) -> str:
     cand = result["candidate"]["ref"]
     if result["mode"] == "monitoring":
         return f"Monitoring {cand} (champion) on snapshot {result['dataset']['snapshot_id']}: **{v}**."
-    base = result["baseline"]["ref"]
     counts = result.get("gate_summary", {}).get("counts", {})
-    return (f"Candidate {cand} vs baseline {base}: **{v}** "
-            f"({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))} gate outcomes).")
+    outcomes = f"({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))} gate outcomes)"
+    if result.get("baseline") is None:  # no champion yet: judged on absolute gates alone
+        return f"Candidate {cand}, no champion to compare with (absolute gates only): **{v}** {outcomes}."
+    base = result["baseline"]["ref"]
+    return f"Candidate {cand} vs baseline {base} (sha256 {result['baseline']['sha256'][:16]}…): **{v}** {outcomes}."
 
 
 def _what_changes(result: dict) -> list[str]:
@@ -179,7 +181,7 @@ def render_html(result: dict, quality: dict, drift: dict | None, spec: EvalSpec 
         sections += ["<h2>Drift</h2>",
                      f"<p>{len(drifted)} of {len(drift.get('columns', []))} columns drifted (dataset drift: "
                      f"{e(str(drift.get('dataset_drift')))}). Full Evidently report: "
-                     f"<code>{e(drift_html_uri or '')}</code></p>",
+                     f"<code>{e(drift_html_uri or '')}</code> (relative to the lake root)</p>",
                      _html_table(["column", "method", "score", "threshold", "drifted"],
                                  [[c["column"], c.get("method"), _fmt(c.get("score")), _fmt(c.get("threshold")),
                                    "yes" if c.get("drifted") else "no"] for c in drift.get("columns", [])])]

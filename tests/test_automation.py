@@ -24,9 +24,12 @@ SPEC = {
     "columns": {"id": "id", "label": "y", "timestamp": "ts", "features": ["a"]},
     "model": {"name": "auto_model"},
     "metrics": ["roc_auc"],
+    # an absolute gate: without a champion, a version is still decidable (evaluated alone)
+    "gates": [{"metric": "roc_auc", "kind": "absolute", "min": 0.5}],
     "monitoring": {"nightly_cron": "30 3 * * 1-5", "timezone": "Europe/Berlin"},
 }
 PARTS = "auto__versions"
+EVALS = "auto__evaluations"
 
 
 @pytest.fixture
@@ -49,8 +52,9 @@ def _shared_instance():
 def instance(_shared_instance):
     yield _shared_instance
     _shared_instance.wipe()
-    for k in _shared_instance.get_dynamic_partitions(PARTS):
-        _shared_instance.delete_dynamic_partition(PARTS, k)
+    for name in (PARTS, EVALS):
+        for k in _shared_instance.get_dynamic_partitions(name):
+            _shared_instance.delete_dynamic_partition(name, k)
 
 
 @pytest.fixture
@@ -67,8 +71,18 @@ def register(lake, version, payload=b"predictions", name="auto_model"):
 
 
 def validated(lake, snapshot_id="snap1", success=True, task="auto"):
+    lake.write_json(f"snapshots/{task}/{snapshot_id}/manifest.json", {"snapshot_id": snapshot_id, "rows": 10})
     lake.write_json(f"snapshots/{task}/latest.json", {"snapshot_id": snapshot_id})
     lake.write_json(f"quality/{task}/{snapshot_id}/result.json", {"success": success, "results": []})
+
+
+def sha(lake, version, name="auto_model"):
+    return Registry(lake).manifest(name, version).sha256
+
+
+def inputs_of(req) -> dict:
+    """The run-scoped inputs a request carries in its run config."""
+    return req.run_config["resources"]["run_inputs"]["config"]
 
 
 def tick(sensor, instance, lake, cursor=None):
@@ -92,15 +106,19 @@ def test_new_version_gets_one_run_and_a_partition(auto, lake, instance):
     register(lake, "1")
     sensor = auto["sensors"]["new_model_sensor"]
     r1 = tick(sensor, instance, lake)
-    assert [rr.partition_key for rr in r1.run_requests] == ["1"]
+    assert [rr.partition_key for rr in r1.run_requests] == ["1@snap1"]
     req = r1.run_requests[0]
-    sha = Registry(lake).manifest("auto_model", "1").sha256
-    assert req.run_key == f"auto_model@1:{sha[:16]}"
+    assert req.run_key == f"auto_model@1:{sha(lake, '1')[:16]}"
     assert req.tags["eval/trigger"] == "new_model" and req.tags["eval/version"] == "1"
     assert req.tags["eval/snapshot"] == "snap1" and req.tags["eval/model"] == "auto_model"
-    assert req.run_config == {"execution": {"config": {"in_process": {}}}}
-    assert [list(d.partition_keys) for d in r1.dynamic_partitions_requests] == [["1"]]
+    assert req.tags["eval/baseline"] == "none"  # no champion: evaluated alone on the absolute gate
+    assert req.run_config == {"execution": {"config": {"in_process": {}}},
+                              "resources": {"run_inputs": {"config": {
+                                  "candidate_sha256": sha(lake, "1"), "baseline": "", "baseline_sha256": "",
+                                  "monitoring": False}}}}
+    assert [list(d.partition_keys) for d in r1.dynamic_partitions_requests] == [["1"], ["1@snap1"]]
     assert instance.get_dynamic_partitions(PARTS) == ["1"]
+    assert instance.get_dynamic_partitions(EVALS) == ["1@snap1"]
 
     # Same registry, cursor carried over (as after a daemon restart): nothing new.
     r2 = tick(sensor, instance, lake, r1.cursor)
@@ -108,9 +126,14 @@ def test_new_version_gets_one_run_and_a_partition(auto, lake, instance):
     assert "no new complete versions" in skip_text(r2)
 
     # A second version: exactly one more request, for it only.
+    # A second version, after version 1 became champion: exactly one more request, against version 1 (sha256 too).
+    Registry(lake).set_champion("auto_model", "1")
     register(lake, "2")
     r3 = tick(sensor, instance, lake, r2.cursor)
-    assert [rr.partition_key for rr in r3.run_requests] == ["2"]
+    assert [rr.partition_key for rr in r3.run_requests] == ["2@snap1"]
+    assert r3.run_requests[0].tags["eval/baseline"] == "1"
+    assert inputs_of(r3.run_requests[0]) == {"candidate_sha256": sha(lake, "2"), "baseline": "1",
+                                             "baseline_sha256": sha(lake, "1"), "monitoring": False}
     assert instance.get_dynamic_partitions(PARTS) == ["1", "2"]
 
 
@@ -128,7 +151,7 @@ def test_half_written_version_is_ignored_until_its_manifest_lands(auto, lake, in
     lake.delete("registry/auto_model/1/preds.parquet")
     registry.register("auto_model", "1", b"predictions1", flavor="predictions", artifact_name="preds.parquet")
     r3 = tick(sensor, instance, lake, r2.cursor)
-    assert [rr.partition_key for rr in r3.run_requests] == ["1"]
+    assert [rr.partition_key for rr in r3.run_requests] == ["1@snap1"]
     r4 = tick(sensor, instance, lake, r3.cursor)
     assert not r4.run_requests
 
@@ -148,7 +171,7 @@ def test_bad_manifest_is_reported_and_does_not_block_others(auto, lake, instance
         lake.write_json("registry/auto_model/2/manifest.json", good)  # says it is version 1
     sensor = auto["sensors"]["new_model_sensor"]
     r1 = tick(sensor, instance, lake)
-    assert [rr.partition_key for rr in r1.run_requests] == ["1"]  # the good version still runs
+    assert [rr.partition_key for rr in r1.run_requests] == ["1@snap1"]  # the good version still runs
     assert "2" in json.loads(r1.cursor)["bad"]
     assert instance.get_dynamic_partitions(PARTS) == ["1"]
 
@@ -161,7 +184,7 @@ def test_bad_manifest_is_reported_and_does_not_block_others(auto, lake, instance
     lake.delete("registry/auto_model/2", recursive=True)
     register(lake, "2")
     r3 = tick(sensor, instance, lake, r2.cursor)
-    assert [rr.partition_key for rr in r3.run_requests] == ["2"]
+    assert [rr.partition_key for rr in r3.run_requests] == ["2@snap1"]
     assert "2" not in json.loads(r3.cursor)["bad"]
     assert not tick(sensor, instance, lake, r3.cursor).run_requests
 
@@ -185,14 +208,28 @@ def test_no_validated_snapshot_registers_and_defers(auto, lake, instance):
     # The re-evaluation sensor takes it once data is validated.
     validated(lake)
     r2 = tick(auto["sensors"]["reevaluation_sensor"], instance, lake)
-    assert [(rr.partition_key, rr.run_key) for rr in r2.run_requests] == [("1", "1@snap1")]
+    assert [rr.partition_key for rr in r2.run_requests] == ["1@snap1"]
+    assert r2.run_requests[0].run_key.startswith("1@snap1:none:")
 
 
 def test_existing_run_for_version_and_snapshot_is_not_requested_again(auto, lake, instance):
     validated(lake)
     register(lake, "1")
+    from eval_pipeline import pipeline
+
+    spec = parse_spec(SPEC, "automation test spec")
+    inputs = pipeline.resolve_inputs(pipeline.TaskContext(lake, spec), "1", "snap1")
+    evidence = pipeline.evidence_id(pipeline.TaskContext(lake, spec), inputs)
+    # a run for the same version and snapshot but another baseline (or spec) is not the same evaluation
     create_run_for_test(instance, job_name=auto["evaluate"].name,
-                        tags={"eval/task": "auto", "eval/version": "1", "eval/snapshot": "snap1"})
+                        tags={"eval/task": "auto", "eval/version": "1", "eval/snapshot": "snap1",
+                              "eval/evidence": "0123456789abcdef"})
+    assert [rr.partition_key for rr in tick(auto["sensors"]["new_model_sensor"], instance, lake).run_requests] == \
+        ["1@snap1"]
+    instance.wipe()
+    create_run_for_test(instance, job_name=auto["evaluate"].name,
+                        tags={"eval/task": "auto", "eval/version": "1", "eval/snapshot": "snap1",
+                              "eval/evidence": evidence})
     r1 = tick(auto["sensors"]["new_model_sensor"], instance, lake)
     assert not r1.run_requests
     assert instance.get_dynamic_partitions(PARTS) == ["1"]
@@ -247,6 +284,15 @@ def test_fresh_cursor_over_already_snapshotted_files_requests_nothing(auto, lake
 
 
 # -- re-evaluation sensor ---------------------------------------------------------------------------------------------
+def write_result(lake, spec, version, snapshot_id, result):
+    """A complete evidence set (its result.json) for version on snapshot against the current champion."""
+    from eval_pipeline import pipeline
+
+    ctx = pipeline.TaskContext(lake, spec)
+    lake.write_json(f"{pipeline.evaluation_dir(ctx, pipeline.resolve_inputs(ctx, version, snapshot_id))}/result.json",
+                    result)
+
+
 def _partitions(instance, *versions):
     instance.add_dynamic_partitions(PARTS, list(versions))
 
@@ -259,7 +305,10 @@ def test_new_snapshot_reevaluates_champion_and_open_candidates(auto, lake, insta
     # version 1 is older than the champion and was evaluated before; version 4 already has a result on snap1
     create_run_for_test(instance, job_name=auto["evaluate"].name,
                         tags={"eval/task": "auto", "eval/version": "1", "eval/snapshot": "old"})
-    lake.write_json("evaluations/auto/auto_model/4/snap1/result.json", {"verdict": "PASS"})
+    validated(lake, "snap1")
+    write_result(lake, spec, "4", "snap1", {"verdict": "PASS"})  # version 4 already evaluated against 2 on snap1
+    lake.delete("snapshots/auto/latest.json")
+    lake.delete("quality/auto/snap1/result.json")
     sensor = auto["sensors"]["reevaluation_sensor"]
 
     r0 = tick(sensor, instance, lake)
@@ -271,15 +320,17 @@ def test_new_snapshot_reevaluates_champion_and_open_candidates(auto, lake, insta
     validated(lake, "snap1")
     r2 = tick(sensor, instance, lake, r1.cursor)
     got = {rr.partition_key: rr for rr in r2.run_requests}
-    assert sorted(got) == ["2", "3"]
-    assert got["2"].run_key == "2@snap1" and got["2"].tags["eval/role"] == "champion"
-    assert got["3"].tags["eval/role"] == "candidate" and got["3"].tags["eval/snapshot"] == "snap1"
+    assert sorted(got) == ["2@snap1", "3@snap1"]
+    assert got["2@snap1"].run_key.startswith("2@snap1:monitoring:") and got["2@snap1"].tags["eval/role"] == "champion"
+    assert inputs_of(got["2@snap1"])["monitoring"] is True and inputs_of(got["2@snap1"])["baseline"] == ""
+    assert got["3@snap1"].tags["eval/role"] == "candidate" and got["3@snap1"].tags["eval/snapshot"] == "snap1"
+    assert inputs_of(got["3@snap1"])["baseline"] == "2" and inputs_of(got["3@snap1"])["baseline_sha256"] == sha(lake, "2")
     assert not tick(sensor, instance, lake, r2.cursor).run_requests  # cursor remembers
 
     # New data, new snapshot: the same champion and candidates again, once each.
     validated(lake, "snap2")
     r3 = tick(sensor, instance, lake, r2.cursor)
-    assert sorted(rr.run_key for rr in r3.run_requests) == ["2@snap2", "3@snap2", "4@snap2"]
+    assert sorted(rr.partition_key for rr in r3.run_requests) == ["2@snap2", "3@snap2", "4@snap2"]
 
 
 def test_reevaluation_skips_runs_requested_by_the_new_model_sensor(auto, lake, instance):
@@ -297,7 +348,8 @@ def test_nightly_on_unchanged_snapshot_records_monitoring_outcome(auto, lake, in
     _partitions(instance, "1")
     Registry(lake).set_champion("auto_model", "1")
     validated(lake)
-    lake.write_json("evaluations/auto/auto_model/1/snap1/result.json", {"verdict": "PASS"})
+    write_result(lake, parse_spec(SPEC, "spec"), "1", "snap1", {"verdict": "PASS"})
+    instance.add_dynamic_partitions(EVALS, ["1@snap1"])
     sensor = auto["sensors"]["reevaluation_sensor"]
     r1 = tick(sensor, instance, lake)
     assert not r1.run_requests and not r1.asset_events
@@ -307,7 +359,7 @@ def test_nightly_on_unchanged_snapshot_records_monitoring_outcome(auto, lake, in
     r2 = tick(sensor, instance, lake, r1.cursor)
     assert not r2.run_requests
     (obs,) = r2.asset_events
-    assert obs.asset_key == dg.AssetKey(["auto", "release_gates"]) and obs.partition == "1"
+    assert obs.asset_key == dg.AssetKey(["auto", "release_gates"]) and obs.partition == "1@snap1"
     assert obs.metadata["verdict"].value == "PASS" and obs.metadata["nightly"].value == "2026-11-20"
     r3 = tick(sensor, instance, lake, r2.cursor)
     assert not r3.asset_events  # once per night
@@ -317,7 +369,7 @@ def test_nightly_on_unchanged_snapshot_records_monitoring_outcome(auto, lake, in
     create_run_for_test(instance, job_name=auto["refresh"].name, status=dg.DagsterRunStatus.SUCCESS,
                         tags={"eval/trigger": "nightly", "eval/task": "auto", "eval/night": "2026-11-21"})
     r4 = tick(sensor, instance, lake, r3.cursor)
-    assert [(rr.run_key, rr.tags["eval/trigger"]) for rr in r4.run_requests] == [("1@snap2", "nightly")]
+    assert [(rr.partition_key, rr.tags["eval/trigger"]) for rr in r4.run_requests] == [("1@snap2", "nightly")]
     assert not r4.asset_events
 
 
@@ -361,7 +413,17 @@ def test_definitions_load_with_automation(spec, tmp_path):
     for job_name in ("auto__refresh", "auto__evaluate"):
         job = defs.resolve_job_def(job_name)
         assert run_config_for(job) == {"execution": {"config": {"in_process": {}}}}
-        dg.validate_run_config(job, run_config_for(job))
+    dg.validate_run_config(defs.resolve_job_def("auto__refresh"), run_config_for(defs.resolve_job_def("auto__refresh")))
+    # An evaluation cannot be launched without its inputs (the recorded baseline) in the run config …
+    evaluate = defs.resolve_job_def("auto__evaluate")
+    with pytest.raises(dg.DagsterInvalidConfigError, match="run_inputs"):
+        dg.validate_run_config(evaluate, run_config_for(evaluate))
+    # … and with them it validates.
+    from assets.common import evaluation_run_config
+    from eval_pipeline.pipeline import EvalInputs
+
+    dg.validate_run_config(evaluate, evaluation_run_config(EvalInputs("2", "a" * 64, "snap1", "1", "b" * 64),
+                                                           run_config_for(evaluate)))
 
 
 def test_run_config_opt_out(monkeypatch, auto):

@@ -124,8 +124,8 @@ def test_daemon_end_to_end(env):
         assert outcome["gates_pass"]["success"] == (outcome["verdict"] == "PASS")
         # the run succeeds unless the verdict is FAIL (the blocking gates check then fails it, by design)
         assert outcome["status"] == ("FAILURE" if outcome["verdict"] == "FAIL" else "SUCCESS")
-        result = env["lake"].read_json(
-            f"evaluations/{task}/{model}/3/{runs3[0]['tags']['eval/snapshot']}/result.json")
+        [result] = [env["lake"].read_json(f["rel"]) for f in env["lake"].find(
+            f"evaluations/{task}/{model}/3/{runs3[0]['tags']['eval/snapshot']}") if f["rel"].endswith("/result.json")]
         assert result["verdict"] == outcome["verdict"]
 
         # 3. A half-written version lands, then the daemon restarts on the same DAGSTER_HOME: no duplicate run,

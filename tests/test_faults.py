@@ -23,6 +23,8 @@ from dagster._core.instance.ref import InstanceRef
 from eval_pipeline import cli, pipeline, scoring
 from eval_pipeline.cli import run_evaluation
 from eval_pipeline.lake import Lake
+from eval_pipeline.registry import Registry
+from eval_pipeline.spec import load_spec
 
 from .fixtures.toy_expected import assert_toy_release_pass
 from .s3_util import fault_proxy, lake_bytes, moto_endpoint, seed_toy, write_spec  # noqa: F401
@@ -116,7 +118,7 @@ def test_s3_503s_are_retried_then_an_outage_fails_cleanly_and_a_rerun_does_not_d
     assert injected >= 10, f"only {injected} faults injected: the test did not exercise retries"
     assert_toy_release_pass(code1, first)  # 503s retried: the toy's known PASS (roc_auc/overall), exit 0
     snap1 = first["dataset"]["snapshot_id"]
-    assert lake.read_json(f"evaluations/{TASK}/{MODEL}/2/{snap1}/result.json") == first
+    assert lake.read_json(first["paths"]["result"]) == first
     assert len(lake.read_parquet(f"predictions/{TASK}/{snap1}/{MODEL}/2.parquet")) == 2000
     assert first["metrics"]["n_rows"] == 2000
     assert _history(lake) == [f"history/{TASK}/{MODEL}/2-{snap1}.json"]
@@ -143,11 +145,10 @@ def test_s3_503s_are_retried_then_an_outage_fails_cleanly_and_a_rerun_does_not_d
     assert "run failed" in err and "Could not connect to the endpoint URL" in err and fault_proxy.url in err
     after = lake_bytes(lake, "evaluations") | lake_bytes(lake, "history") | lake_bytes(lake, "registry")
     changed = {k for k in before if after.get(k) != before[k]}
-    # the scoring step pins the snapshot it started on; nothing else from the first evaluation changed
-    assert changed <= {f"evaluations/{TASK}/{MODEL}/2/pinned_snapshot.json"}, changed
+    # nothing from the first evaluation changed (and there is no per-version pointer to move)
+    assert not changed, changed
     new = set(after) - set(before)
     assert all(k.startswith(f"evaluations/{TASK}/{MODEL}/2/") and "result.json" not in k for k in new), new
-    assert lake.read_json(f"evaluations/{TASK}/{MODEL}/2/latest.json")["snapshot_id"] == snap1
     assert_whole(lake)
     assert elapsed < 120
 
@@ -156,8 +157,7 @@ def test_s3_503s_are_retried_then_an_outage_fails_cleanly_and_a_rerun_does_not_d
     assert snap2 != snap1 and second["dataset"]["rows"] == len(seed["frame"]) + 300
     assert sorted(_history(lake)) == sorted([f"history/{TASK}/{MODEL}/2-{snap1}.json",
                                              f"history/{TASK}/{MODEL}/2-{snap2}.json"])
-    assert lake.read_bytes(f"evaluations/{TASK}/{MODEL}/2/{snap1}/result.json") == \
-        before[f"evaluations/{TASK}/{MODEL}/2/{snap1}/result.json"]
+    assert lake.read_bytes(first["paths"]["result"]) == before[first["paths"]["result"]]
 
 
 def test_s3_connection_drops_for_a_while_reads_and_writes_recover(fault_proxy):  # noqa: F811
@@ -208,18 +208,26 @@ _KILL_SCRIPT = textwrap.dedent("""
 
 def test_process_killed_while_writing_the_result_keeps_the_previous_one(tmp_path):
     """SIGKILL of an evaluation process in the middle of writing result.json (local lake): the previous result
-    stays readable and byte-identical, the orphaned temp file is invisible, and a re-run completes normally."""
+    stays readable and byte-identical, the interrupted evidence set stays incomplete (no result.json), the orphaned
+    temp file is invisible, and a re-run completes normally. (New data lands first: re-running the same evaluation
+    is a no-op that writes nothing, so the interrupted write is a new evidence set's.)"""
     lake = Lake(str(tmp_path / "lake"))
     seed_toy(lake)
     spec_path = write_spec(tmp_path / "toy.yaml")
     code, first = run_evaluation(spec_path, lake.root, f"{MODEL}@2", None, None)
     snap = first["dataset"]["snapshot_id"]
-    rel = f"evaluations/{TASK}/{MODEL}/2/{snap}/result.json"
+    rel = first["paths"]["result"]
     good = lake.read_bytes(rel)
+    lake.write_parquet("incoming/toy/part-9.parquet", toy_frame(300, seed=9).assign(id=lambda d: d["id"] + 100_000))
+    ctx = pipeline.TaskContext(lake, load_spec(spec_path))
+    reg = Registry(lake)
+    inputs = pipeline.EvalInputs("2", reg.manifest(MODEL, "2").sha256, pipeline.refresh(ctx).snapshot_id, "1",
+                                 reg.manifest(MODEL, "1").sha256)
+    target = f"{pipeline.evaluation_dir(ctx, inputs)}/result.json"  # the new evidence set's result
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, spec_path, lake.root, f"{MODEL}@2",
-                             rel], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             target], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env=env, cwd=str(tmp_path))
     try:
         line = proc.stdout.readline()
@@ -230,10 +238,12 @@ def test_process_killed_while_writing_the_result_keeps_the_previous_one(tmp_path
         if proc.poll() is None:
             proc.kill()
     assert lake.read_bytes(rel) == good
-    folder = tmp_path / "lake" / Path(rel).parent
+    folder = tmp_path / "lake" / Path(target).parent
     assert any(p.name.startswith(".tmp-") for p in folder.iterdir()), "the kill did not happen mid-write"
-    assert ".tmp-" not in json.dumps(lake.ls(str(Path(rel).parent)))
+    assert not lake.exists(target)  # the interrupted set is not complete
+    assert ".tmp-" not in json.dumps(lake.ls(str(Path(target).parent)))
     code2, again = run_evaluation(spec_path, lake.root, f"{MODEL}@2", None, None)
-    assert (code2, lake.read_bytes(rel)) == (code, good)
+    assert code2 == code and lake.read_bytes(rel) == good
+    assert again["paths"]["result"] == target and lake.exists(target)
     assert_whole(lake)
     assert pq.ParquetFile(str(tmp_path / "lake" / f"predictions/{TASK}/{snap}/{MODEL}/2.parquet")).metadata.num_rows == 2000

@@ -23,7 +23,7 @@ OUTPUTS = ("result.json", "metrics.json", "gates.json", "report.md", "report.htm
 
 
 def _outputs(lake, snap) -> dict[str, bytes]:
-    folder = f"evaluations/{TASK}/{MODEL}/2/{snap}"
+    [folder] = lake.ls(f"evaluations/{TASK}/{MODEL}/2/{snap}")  # the one evidence set: vs-1-<evidence id>
     out = {name: lake.read_bytes(f"{folder}/{name}") for name in OUTPUTS}
     out["history"] = lake.read_bytes(f"history/{TASK}/{MODEL}/2-{snap}.json")
     out["snapshot"] = lake.read_bytes(f"snapshots/{TASK}/{snap}/data.parquet")
@@ -71,17 +71,17 @@ def test_same_inputs_on_s3_give_the_same_result(first_run, s3_lake, tmp_path, ca
     code, result = run_evaluation(write_spec(tmp_path / "toy.yaml"), s3_lake.root, f"{MODEL}@2", None, str(out))
     snap = first_run["snap"]
     assert_toy_release_pass(code, result)  # PASS on roc_auc/overall, exit 0: see tests/fixtures/toy_expected.py
-    assert out.read_bytes() == s3_lake.read_bytes(f"evaluations/{TASK}/{MODEL}/2/{snap}/result.json")
+    assert out.read_bytes() == s3_lake.read_bytes(result["paths"]["result"])
     printed = capsys.readouterr()
-    assert f"result: {s3_lake.root}/evaluations/{TASK}/{MODEL}/2/{snap}/result.json" in printed.out
+    assert f"result: {s3_lake.root}/{result['paths']['result']}" in printed.out
     assert FAKE_SECRET not in printed.out + printed.err and FAKE_KEY_ID not in printed.out + printed.err
     assert result["dataset"]["snapshot_id"] == snap
     after = _outputs(s3_lake, snap)
     for name in ("metrics.json", "gates.json", "history", "snapshot", "predictions", "baseline_predictions"):
         assert after[name] == first_run["outputs"][name], name
     local = dict(first_run["result"])
-    assert {**result, "paths": None} == {**local, "paths": None}
-    assert result["paths"]["result"].startswith(s3_lake.root)
+    # lake paths in the result are relative to the lake root: the whole result is the same, byte for byte
+    assert result == local and out.read_bytes() == first_run["outputs"]["result.json"]
 
 
 def test_the_report_states_what_would_change_the_result(first_run):

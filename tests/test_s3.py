@@ -56,7 +56,7 @@ def _tick(sensor, instance, lake, cursor=None):
 def _launch(defs, instance, job_name, request):
     job = defs.resolve_job_def(job_name)
     return job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags,
-                                  raise_on_error=False)
+                                  run_config=request.run_config, raise_on_error=False)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,8 @@ def test_sensors_drive_the_whole_chain_on_s3(s3_chain):
     lake = s3_chain["lake"]
     t1, t2 = s3_chain["data_ticks"]
     assert not t1.run_requests and len(t2.run_requests) == 1
-    assert sorted(r.partition_key for r in s3_chain["model_tick"].run_requests) == ["1", "2"]
+    snap = lake.read_json(f"snapshots/{TASK}/latest.json")["snapshot_id"]
+    assert sorted(r.partition_key for r in s3_chain["model_tick"].run_requests) == [f"1@{snap}", f"2@{snap}"]
     failures = [(r.dagster_run.job_name, r.dagster_run.tags.get("dagster/partition")) for r in s3_chain["runs"]
                 if not r.success]
     assert not failures, f"runs failed on S3: {failures}"
@@ -134,10 +135,12 @@ def test_sensors_drive_the_whole_chain_on_s3(s3_chain):
                 f"drift/{TASK}/{snap}/drift.html", f"predictions/{TASK}/{snap}/toy_model/2.parquet"):
         assert lake.exists(rel), rel
     for version, mode in (("2", "release"), ("1", "monitoring")):
-        folder = f"evaluations/{TASK}/toy_model/{version}/{snap}"
-        result = lake.read_json(f"{folder}/result.json")
+        [rel] = [f["rel"] for f in lake.find(f"evaluations/{TASK}/toy_model/{version}/{snap}")
+                 if f["rel"].endswith("/result.json")]
+        result = lake.read_json(rel)
+        folder = result["paths"]["folder"]
         assert result["mode"] == mode and result["verdict"] in EXIT
-        assert result["paths"]["result"] == f"{lake.root}/{folder}/result.json"
+        assert result["paths"]["result"] == rel == f"{folder}/result.json"  # relative to the lake root
         if result["verdict"] != "FAIL":
             assert "<html" in lake.read_text(f"{folder}/report.html").lower()
     assert len(lake.find(f"history/{TASK}/toy_model")) == 2
@@ -150,7 +153,7 @@ def test_no_duplicate_evaluations_after_a_restart(s3_chain):
     for result in s3_chain["after_restart"]:
         assert not result.run_requests, result.skip_reason
     evaluate_runs = [r for r in s3_chain["all_runs"] if r.job_name == f"{TASK}__evaluate"]
-    assert sorted(r.tags["dagster/partition"] for r in evaluate_runs) == ["1", "2"]
+    assert sorted(r.tags["eval/version"] for r in evaluate_runs) == ["1", "2"]
 
 
 def _leaks(text: str) -> list[str]:
@@ -189,9 +192,9 @@ def test_demo_seeds_and_evaluates_on_s3(s3_env, s3_lake, tmp_path, capsys):  # n
     out = tmp_path / "r.json"
     code, result = run_evaluation(str(DEMO_SPEC), s3_lake.root, candidate, None, str(out))
     assert code in (0, 1, 3), "the demo evaluation on S3 errored"
-    assert result["paths"]["result"].startswith(s3_lake.root)
-    folder = result["paths"]["result"][len(s3_lake.root) + 1:]
+    assert not result["paths"]["result"].startswith("s3://")  # relative to the lake root
+    folder = result["paths"]["result"]
     assert out.read_bytes() == s3_lake.read_bytes(folder)
     printed = capsys.readouterr()
-    assert f"result: {result['paths']['result']}" in printed.out
+    assert f"result: {s3_lake.root}/{result['paths']['result']}" in printed.out
     assert not _leaks(json.dumps(result) + printed.out + printed.err)
