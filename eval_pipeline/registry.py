@@ -262,10 +262,16 @@ def sample_rows(lake: Lake, spec: "EvalSpec", n: int = PROBE_ROWS) -> "pd.DataFr
     except DataError:
         snap = None
     if snap is not None and all(c in snap.manifest.get("schema", {}) for c in cols):
-        for batches in (eval_rows(lake, snap, spec, cols, batch_size=n), iter_rows(lake, snap, cols, batch_size=n)):
-            first = next(iter(batches), None)
-            if first is not None:
-                return pa.Table.from_batches([first]).to_pandas().head(n)
+        size = max(n, 65_536)
+        for batches in (eval_rows(lake, snap, spec, cols, batch_size=size), iter_rows(lake, snap, cols, batch_size=size)):
+            taken, count = [], 0
+            for batch in batches:
+                taken.append(batch.slice(0, n - count))
+                count += taken[-1].num_rows
+                if count >= n:
+                    break
+            if taken:
+                return pa.Table.from_batches(taken).to_pandas()
     files = list_source_files(lake, spec)
     if not files:
         return None
