@@ -240,3 +240,57 @@ def test_spec_model_spellings(clean):
     assert s["unsuccessful_expectations"] == s["failed"] == 1
     with pytest.raises(ValueError, match="unknown task_type"):
         validate_dataset(df, **{**KW, "task_type": "ranking"})
+
+
+# -- the typed spec and the expectation registry ----------------------------------------------------------------------
+def _toy_spec(expectations: dict):
+    from eval_pipeline.spec import parse_spec
+
+    return parse_spec({
+        "task": "flights", "task_type": "binary_classification", "data": {"source": "landing/flights"},
+        "model": {"name": "flights"}, "drift": {"enabled": False},
+        "columns": {"id": "flight_id", "label": "delayed", "timestamp": "time_hour",
+                    "features": ["distance", "origin", "carrier", "dep_delay"]},
+        "expectations": expectations})
+
+
+def test_typed_spec_gives_the_bytes_of_the_keyword_call(clean):
+    """The pipeline passes the EvalSpec; the result is the one the keyword form gives for the same section."""
+    spec = _toy_spec({**SPEC, "freshness": {"max_age_days": 45, "as_of": "2013-02-10T00:00:00Z"},
+                      "label_values": [0, 1]})
+    df = clean.copy()
+    df.loc[[1, 2], "distance"] = [-10.0, 9000.0]
+    df.loc[5, "origin"] = "XXX"
+    typed = validate_dataset(df, spec, source="flights snapshot")
+    keyword = validate_dataset(
+        df, expectations=spec.expectations.model_dump(mode="python"), id_column="flight_id", label_column="delayed",
+        timestamp_column="time_hour", feature_columns=list(spec.columns.features), task_type=spec.task_type,
+        label_values=spec.expectations.label_values, source="flights snapshot")
+    assert typed.to_json() == keyword.to_json()
+    assert render_html(typed) == render_html(keyword)
+    assert not typed.success and len(typed.failures()) == 2
+    with pytest.raises(TypeError, match="not both"):
+        validate_dataset(df, spec, id_column="flight_id")
+
+
+def test_every_kind_has_one_builder_and_a_new_kind_is_one_function(clean, monkeypatch):
+    import great_expectations.expectations as gxe
+
+    from eval_pipeline.quality_expectations import EXPECTATION_BUILDERS, Check
+
+    r = validate_dataset(clean, **KW)
+    assert {x["check"] for x in r.results} == set(EXPECTATION_BUILDERS)
+
+    def column_count_checks(q):
+        def describe(ok, res):
+            n = res.get("observed_value")
+            return {"columns": n}, f"has {n} columns"
+
+        return [Check("column_count", None, gxe.ExpectTableColumnCountToEqual(value=len(q.frame.columns)), describe)]
+
+    monkeypatch.setitem(EXPECTATION_BUILDERS, "column_count", column_count_checks)
+    r2 = validate_dataset(clean, **KW)
+    assert r2.results[:-1] == r.results
+    assert r2.results[-1] == {"expectation": "expect_table_column_count_to_equal", "check": "column_count",
+                              "column": None, "success": True, "observed": {"columns": 7},
+                              "message": "flights snapshot: has 7 columns"}
