@@ -38,6 +38,7 @@ METRICS = ("roc_auc", "average_precision", "log_loss", "brier", "ece")
 Q_LL = float(1 << 26)  # fixed-point quanta of the per-row log loss / Brier term (exact integer sums)
 Q_BR = float(1 << 32)
 Q_S = float(1 << 32)
+SMALL_CLASS = 64  # a class with at most this many rows in a slice gets an edge per distinct score
 SAMPLE_CAP = 1 << 17  # rows per slice used for the edges (all rows of a smaller slice)
 _FR_ALL = np.unique(np.concatenate([np.arange(1, 16) / 16, [1 / 128, 1 / 32, 1 - 1 / 32, 1 - 1 / 128]]))
 _FR_CLASS = np.unique(np.concatenate([np.arange(1, 8) / 8, [1 / 32, 1 - 1 / 32]]))
@@ -61,10 +62,17 @@ def _order_stats(x: np.ndarray, fractions: np.ndarray) -> np.ndarray:
     return np.partition(x, np.unique(pos))[pos]
 
 
+def _class_edges(x: np.ndarray) -> np.ndarray:
+    # a class with few rows drives the rank metrics' variance (AP with 40 positives, say): each of its rows gets its
+    # own edge, so its interleaving with the other class is resampled exactly
+    return np.unique(x) if x.size <= SMALL_CLASS else _order_stats(x, _FR_CLASS)
+
+
 def slice_edges(s: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Interior bin edges of one model on one slice: order statistics of all scores, of the positives' and of the
-    negatives' scores. A row goes to bin ``searchsorted(edges, s, 'right')``, so tied scores never split."""
-    parts = [_order_stats(s, _FR_ALL), _order_stats(s[y == 1], _FR_CLASS), _order_stats(s[y == 0], _FR_CLASS)]
+    negatives' scores (every distinct score of a class with at most ``SMALL_CLASS`` rows). A row goes to bin
+    ``searchsorted(edges, s, 'right')``, so tied scores never split."""
+    parts = [_order_stats(s, _FR_ALL), _class_edges(s[y == 1]), _class_edges(s[y == 0])]
     return np.unique(np.concatenate(parts))
 
 
