@@ -123,6 +123,13 @@ def _validate(task_type, label, predictions, metrics, threshold, classes, top_k,
             raise EngineInputError(f"{name}: role '{r}' is not in predictions (roles: {list(predictions)})")
 
 
+def _flag_interval(cell: dict, diag: dict | None) -> None:
+    """Mark an interval the engine cannot vouch for (regression with heavy-tailed errors; see ``.regression``)."""
+    if diag is not None and not diag.get("reliable", True):
+        cell["interval_reliable"] = False
+        cell["interval_warning"] = diag.get("reason")
+
+
 def _size_status(n: int, n_pos: int | None, cfg: SliceConfig) -> tuple[str, str | None]:
     """("ok", None) or ("too_small", why): rows below ``min_size``, or (binary) a class below its minimum."""
     if n < cfg.min_size:
@@ -292,6 +299,7 @@ def _extract(comb, acc, spec, slices, metrics, n_boot, seed, confidence, ece_bin
                  "status": status, "models": {}, "delta": {}}
         if why_small:
             entry["too_small"] = why_small
+        diag = out.get("diagnostics", {}).get(j, {})  # regression: heavy-tail diagnostics per interval
         if status == "ok":
             for r in roles:
                 md = {}
@@ -305,6 +313,7 @@ def _extract(comb, acc, spec, slices, metrics, n_boot, seed, confidence, ece_bin
                         lo, hi = ci_all[(r, m)][0][j], ci_all[(r, m)][1][j]
                         ci = [_f(lo), _f(hi)] if _f(lo) is not None else None
                     md[m] = {"value": _f(v) if reason is None else None, "ci": ci, "undefined": reason}
+                    _flag_interval(md[m], diag.get("models", {}).get(r, {}).get(m))
                 entry["models"][r] = md
             if paired:
                 for m in metrics:
@@ -325,6 +334,7 @@ def _extract(comb, acc, spec, slices, metrics, n_boot, seed, confidence, ece_bin
                             k = 1 + min(int(np.sum(ok <= 0)), int(np.sum(ok >= 0)))
                             p = min(1.0, 2.0 * k / (ok.size + 1))
                     entry["delta"][m] = {"value": _f(d), "ci": ci, "undefined": None, "p_value": p}
+                    _flag_interval(entry["delta"][m], diag.get("delta", {}).get(m))
         slices_out.append(entry)
     return EvaluationResult(
         task_type=spec.task_type, n_rows=int(merged.n_rows),

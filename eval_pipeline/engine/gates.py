@@ -218,6 +218,7 @@ class _Test:
     reps: np.ndarray  # defined replicates of x (delta or value), in the metric's own direction
     n_sides_fail: int  # 2 for an absolute gate with both bounds (p_fail is Bonferroni over the sides)
     gap: float | None  # signed distance of the estimate from the decision boundary, > 0 on the PASS side
+    unreliable: str = ""  # why the engine flags the tested interval as unreliable (regression heavy tails), if it does
 
 
 def _expand(result, gates, power=None):
@@ -305,7 +306,10 @@ def _expand(result, gates, power=None):
                 p_fail = min(1.0, len(pf) * min(pf))
                 gap = min(gaps)  # the binding bound: nearest one inside, the violated one outside
                 sides = len(pf)
-            tests.append(_Test(len(rows) - 1, p_pass, p_fail, reps, sides, gap))
+            cell = dv if g.kind == "non_inferiority" else mv
+            unreliable = ((cell.get("interval_warning") or "heavy-tailed errors")
+                          if cell.get("interval_reliable") is False else "")
+            tests.append(_Test(len(rows) - 1, p_pass, p_fail, reps, sides, gap, unreliable))
     return rows, tests
 
 
@@ -499,6 +503,10 @@ def apply_gates(result, gates: list[GateDef], *, multiplicity: str = "holm", alp
             row["rule"] += (f"; p-values and interval from the {used} defined replicates ({undef} of {used + undef} "
                             f"undefined and dropped: this conditions on resamples where the metric exists, so the "
                             f"interval may be too narrow)")
+        if outcome == "PASS" and t.unreliable:
+            # heavy-tailed errors make the interval too narrow on the optimistic side: a PASS is not supported
+            row["outcome"] = "INCONCLUSIVE"
+            row["rule"] += f"; but the interval is flagged unreliable ({t.unreliable}) → INCONCLUSIVE"
         se, mde, n_needed, ptxt = _power_figures(t, row, a, lev_f[j], power, blocked)
         row["se"], row["power"], row["mde"], row["n_needed"] = se, power, mde, n_needed
         row["rule"] += ptxt
