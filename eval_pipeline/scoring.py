@@ -118,7 +118,28 @@ def _predict_batch(loaded: LoadedModel, features: pd.DataFrame, spec: EvalSpec) 
             out = loaded.model.predict_proba(features)
     except Exception as exc:  # noqa: BLE001 - a model that raises is reported, not propagated raw
         raise ScoringError(f"model {ref} raised while scoring {len(features)} rows: {type(exc).__name__}: {exc}") from None
+    if spec.task_type != "regression":
+        out = _columns_in_spec_order(out, getattr(loaded.model, "classes_", None), spec, f"model {ref}")
     return shape_output(out, len(features), spec, f"model {ref}")
+
+
+def _columns_in_spec_order(out, model_classes, spec: EvalSpec, what: str):
+    """predict_proba's columns follow the model's own ``classes_`` (scikit-learn sorts them), not the spec's
+    ``model.classes``: reorder them by name, so a spec listing early / on_time / late is not scored with p(late) in
+    the on_time column. A model without ``classes_`` is trusted to follow the spec's order."""
+    if model_classes is None or np.ndim(out) != 2:
+        return out
+    have = [str(c) for c in np.asarray(model_classes).tolist()]
+    want = [str(c) for c in (spec.model.classes or [])] if spec.task_type != "binary_classification" else ["0", "1"]
+    if spec.task_type == "binary_classification":
+        if have in (["0", "1"], ["False", "True"]) or len(have) != 2:
+            return out  # shape_output takes column 1 = the positive class
+        raise ScoringError(f"{what}: classes_ is {have}; a binary task needs the classes 0 and 1 (label 1 = positive)")
+    missing = [c for c in want if c not in have]
+    if missing or len(have) != len(want):
+        raise ScoringError(f"{what}: the model's classes_ {have} do not match model.classes {want} of task "
+                           f"'{spec.task}' (missing: {missing or 'none'}); list the model's classes in model.classes")
+    return np.asarray(out)[:, [have.index(c) for c in want]]
 
 
 def shape_output(out, n: int, spec: EvalSpec, what: str) -> np.ndarray:
