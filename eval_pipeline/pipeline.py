@@ -83,11 +83,7 @@ def validate(ctx: TaskContext, snap: Snapshot):
 
     frame = ctx.lake.read_parquet(snap.data_path)
     spec = ctx.spec
-    result = validate_dataset(
-        frame, expectations=spec.expectations.model_dump(mode="python"), id_column=spec.columns.id,
-        label_column=spec.columns.label, timestamp_column=spec.columns.timestamp,
-        feature_columns=list(spec.columns.features), task_type=spec.task_type,
-        label_values=spec.expectations.label_values, source=f"{spec.task} snapshot {snap.snapshot_id}")
+    result = validate_dataset(frame, spec, source=f"{spec.task} snapshot {snap.snapshot_id}")
     json_rel, html_rel = quality_paths(ctx, snap)
     ctx.lake.write_json(json_rel, result.to_dict())
     ctx.lake.write_text(html_rel, render_html(result))
@@ -527,11 +523,16 @@ def promotion_lock(ctx: TaskContext, wait_seconds: float = 15.0):
     body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "at": time.time()}).encode()
     while not ctx.lake.create_exclusive(rel, body):
         try:
-            held = ctx.lake.read_json(rel)
-            if time.time() - float(held.get("at", 0)) > PROMOTION_LOCK_SECONDS:
-                ctx.lake.delete(rel)
-                continue
-        except (FileNotFoundError, LakeError, ValueError, AttributeError):
+            try:
+                held = ctx.lake.read_json(rel)
+                since = float(held.get("at", 0))
+            except (LakeError, ValueError, AttributeError, TypeError):
+                # A holder that crashed between creating and filling it: judge its age by the object's mtime.
+                held, since = "a holder whose lock is unreadable", ctx.lake.info(rel).get("mtime") or 0.0
+        except FileNotFoundError:
+            continue  # released meanwhile: try again at once
+        if time.time() - since > PROMOTION_LOCK_SECONDS:
+            ctx.lake.delete(rel)
             continue
         if time.monotonic() > deadline:
             raise PromotionRefused(f"another promotion of model '{ctx.model_name}' is in progress (lock "

@@ -208,3 +208,51 @@ def test_first_champion_and_every_refusal_say_why(tmp_path, capsys):
     assert code == 2 and "only with another version of spec 'toy'" in out
     assert [p["version"] for p in reg.promotions("toy_model")] == ["1"] and reg.champion("toy_model") == "1"
     assert np.isfinite(result["gates"][0]["value"])
+
+
+def test_two_promoters_at_once_only_one_wins(tmp_path):
+    """v2 and v3 both PASSed against v1; two processes' promotions race (threads released together): the
+    compare-and-swap under the registry lock lets exactly one through, the other is refused naming the new champion."""
+    import threading
+
+    from eval_pipeline import pipeline
+
+    lake = Lake(str(tmp_path / "lake"))
+    reg = Registry(lake)
+    frame = toy_frame(300)
+    for v in ("1", "2", "3"):
+        register_skops(reg, v, fit_model(frame, c=0.1 * int(v)))
+    reg.set_champion("toy_model", "1", reason="setup")
+    spec = load_spec(_spec(tmp_path, NON_INFERIOR))
+    ctx = pipeline.TaskContext(lake, spec)
+
+    def passed(version):  # what a PASSing evaluation against v1 records (the fields promotion reads)
+        m, b = reg.manifest("toy_model", version), reg.manifest("toy_model", "1")
+        return {"mode": "release", "verdict": "PASS", "evidence_id": f"e{version}",
+                "candidate": {"ref": m.ref, "version": version, "sha256": m.sha256},
+                "baseline": {"ref": b.ref, "version": "1", "sha256": b.sha256},
+                "dataset": {"snapshot_id": "s"}, "reproducibility": {"spec_sha256": spec.spec_hash()},
+                "paths": {"result": f"evaluations/toy/toy_model/{version}/s/r/result.json"},
+                "gates": [{"gate": "g", "metric": "roc_auc", "slice": "overall", "outcome": "PASS", "rule": "r"}]}
+
+    start, outcomes = threading.Barrier(2), {}
+
+    def promote(version):
+        start.wait()
+        try:
+            outcomes[version] = pipeline.promote(ctx, passed(version))["version"]
+        except pipeline.PromotionRefused as exc:
+            outcomes[version] = str(exc)
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in ("2", "3")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    winner = reg.champion("toy_model")
+    loser = "3" if winner == "2" else "2"
+    assert winner in ("2", "3") and outcomes[winner] == winner
+    assert f"toy_model@{loser} was evaluated against toy_model@1, but the champion is now toy_model@{winner}" in \
+        outcomes[loser]
+    assert [p["version"] for p in reg.promotions("toy_model")] == ["1", winner]
+    assert not lake.exists("registry/toy_model/promotion.lock")
