@@ -35,7 +35,7 @@ from .config import GateDef, SliceConfig
 from .errors import EngineInputError
 from .evaluate import EvaluationResult, evaluate, evaluate_accumulator, make_combiner
 from .gates import GateReport, apply_gates, check_resolution, count_gate_rows, required_replicates
-from .registry import METRICS, MetricInfo, metrics_for
+from .catalogue import METRICS, MetricInfo, metrics_for
 
 __all__ = ["evaluate", "SliceConfig", "EvaluationResult", "METRICS", "MetricInfo", "metrics_for", "GateDef",
            "apply_gates", "GateReport", "EngineInputError", "make_combiner", "evaluate_accumulator",

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import EngineInputError
-from .registry import BINARY, MULTICLASS, REGRESSION
+from .catalogue import BINARY, MULTICLASS, REGRESSION
 
 NULL = None  # the value of a null slice cell
 MAX_PIECE = 1 << 18

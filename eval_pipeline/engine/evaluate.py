@@ -22,7 +22,7 @@ from .binary_cells import score_grid
 from .bootstrap import percentile_ci
 from .config import SliceConfig
 from .errors import EngineInputError
-from .registry import BINARY, METRICS, MULTICLASS, TASK_TYPES, metrics_for
+from .catalogue import BINARY, METRICS, MULTICLASS, TASK_TYPES, metrics_for
 from .slices import build_slices, slice_columns, validate_config
 
 

@@ -79,7 +79,7 @@ import numpy as np
 
 from .config import GateDef
 from .errors import EngineInputError
-from .registry import METRICS
+from .catalogue import METRICS
 
 OUTCOMES = ("PASS", "FAIL", "INCONCLUSIVE")
 MULTIPLICITY = ("holm", "bh", "none")

@@ -1,4 +1,4 @@
-"""The metric registry: which metrics exist, for which task, which direction is better, and their definitions.
+"""The metric catalogue: which metrics exist, for which task, which direction is better, and their definitions.
 
 Every definition states the sufficient statistic the engine computes it from, and what happens at the edges.
 An undefined value is reported as ``None`` with a reason; it is never replaced by 0.
