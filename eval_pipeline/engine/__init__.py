@@ -28,7 +28,7 @@ and 8 per model for the row pieces the per-slice bootstrap cells are built from)
 Opt-in external memory for binary (``evaluate(..., spill_dir=..., spill_rows=2_000_000)`` or the environment
 variables ``EVAL_ENGINE_SPILL_ROWS`` / ``EVAL_ENGINE_SPILL_DIR``; :mod:`.spill`): the sorted score runs and the row
 pieces go to temp files (about 17 bytes per row per model on disk, removed afterwards) and the exact metrics are computed by a k-way merge
-with numpy's summation order reproduced, so results are bit-identical to the in-memory mode while RAM is bounded by
+with the same exact sums, so results are bit-identical to the in-memory mode while RAM is bounded by
 ``spill_rows`` per worker, not by rows.
 """
 from .config import GateDef, SliceConfig

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 
 from . import bootstrap as bs
 from . import score_cells
+from .exact import ExactSum, add_grouped, exact_sum
 from .spill import load_rows
 
 COUNT_METRICS = ("accuracy", "precision", "recall", "f1", "specificity", "balanced_accuracy")
@@ -105,27 +106,21 @@ def role_precision(merged, role):
 
 
 def _atom_stats(s, y, threshold, ece_edges, eps=EPS):
-    """Additive exact statistics of one atom (rows sorted by (score, label)), summed in that canonical order."""
+    """Additive exact statistics of one atom (rows sorted by (score, label)); loss and score sums are
+    :class:`.exact.ExactSum` (exact, so they do not depend on the order or grouping of rows)."""
     n = s.size
     P = int(np.count_nonzero(y))
     idx = int(np.searchsorted(s, threshold, side="left"))
     fn = int(np.count_nonzero(y[:idx]))
     p1 = np.where(y == 1, s, 1 - s)
-    ll = -np.log(np.clip(p1, eps, 1 - eps))
-    br = (s - y) ** 2
-    bounds = np.searchsorted(s, ece_edges[1:-1], side="left")
-    starts = np.concatenate([[0], bounds])
-    nonempty = starts < n
-    ysum = np.zeros(ece_edges.size - 1)
-    ssum = np.zeros(ece_edges.size - 1)
-    if n:
-        st = starts[nonempty]
-        seg_len = np.diff(np.append(st, n))
-        ok = seg_len > 0
-        ysum[np.flatnonzero(nonempty)[ok]] = np.add.reduceat(y.astype(np.float64), st)[ok]
-        ssum[np.flatnonzero(nonempty)[ok]] = np.add.reduceat(s, st)[ok]
-    return {"n": n, "P": P, "tp": P - fn, "fp": (n - idx) - (P - fn), "ll": float(np.sum(ll)),
-            "br": float(np.sum(br)), "ysum": ysum, "ssum": ssum}
+    E = ece_edges.size - 1
+    bounds = np.concatenate([[0], np.searchsorted(s, ece_edges[1:-1], side="left"), [n]])
+    ysum = np.diff(np.concatenate([[0], np.cumsum(y, dtype=np.int64)])[bounds]).astype(np.float64)
+    ssum = [ExactSum() for _ in range(E)]
+    add_grouped(ssum, s, np.repeat(np.arange(E), np.diff(bounds)))
+    return {"n": n, "P": P, "tp": P - fn, "fp": (n - idx) - (P - fn),
+            "ll": ExactSum().add(-np.log(np.clip(p1, eps, 1 - eps))), "br": ExactSum().add((s - y) ** 2),
+            "ysum": ysum, "ssum": ssum}
 
 
 _CHUNK = 1 << 20
@@ -229,11 +224,11 @@ def compute(merged, slices, *, metrics, threshold, ece_bins, n_boot, seed, famil
             v = {k: float(x) for k, x in count_metrics(*(np.array(c, dtype=np.float64)
                                                           for c in (tp, fp, n - P - fp, P - tp))).items()}
             if n:
-                v["log_loss"] = sum(x["ll"] for x in st) / n
-                v["brier"] = sum(x["br"] for x in st) / n
-                ysum = np.sum([x["ysum"] for x in st], axis=0)
-                ssum = np.sum([x["ssum"] for x in st], axis=0)
-                v["ece"] = float(np.sum(np.abs(ysum - ssum))) / n
+                v["log_loss"] = ExactSum.total(x["ll"] for x in st).value() / n
+                v["brier"] = ExactSum.total(x["br"] for x in st).value() / n
+                ysum = np.sum([x["ysum"] for x in st], axis=0)  # integer counts: exact
+                ssum = np.array([ExactSum.total(x["ssum"][e] for x in st).value() for e in range(ece_bins)])
+                v["ece"] = exact_sum(np.abs(ysum - ssum)) / n
             else:
                 v["log_loss"] = v["brier"] = v["ece"] = np.nan
             v["roc_auc"] = v["average_precision"] = np.nan

@@ -14,12 +14,10 @@ backstop).
 Extract: an atom or slice with at most ``spill_rows`` rows is loaded, sorted and handed to the very functions of the
 in-memory mode. A larger one is streamed: a k-way merge of its sorted runs (:func:`merge_chunks`, bounded buffers
 per run, read with ``np.fromfile`` — no memory map, so pages read do not stay resident) yields sorted chunks of keys;
-tie groups may straddle chunk boundaries (a carried last group). Floating-point sums reproduce numpy's summation
-order exactly: ``np.sum`` of a contiguous float64 vector is numpy's pairwise summation (blocks of <= 128 summed with
-8 accumulators, halves split at multiples of 8) and ``np.add.reduceat`` of a segment is ``first + pairwise(rest)``;
-:class:`PairwiseSum` evaluates that same tree on a stream, given the length up front (atom sizes and per-ECE-bin
-counts are known from the runs; the AP terms are written to a temp file and summed after their count is known).
-Integer quantities (counts, Mann-Whitney U) are order-free. Result: bit-identical numbers, and memory bounded by
+tie groups may straddle chunk boundaries (a carried last group). Loss and score sums are exact
+(:class:`.exact.ExactSum`, in both modes), so streaming them chunk by chunk gives the in-memory numbers; the average
+precision terms are written to a temp file and summed with ``np.sum`` over the whole vector (a file-backed map), as
+the in-memory mode sums them. Integer quantities (counts, Mann-Whitney U) are order-free. Result: bit-identical numbers, and memory bounded by
 ``spill_rows`` and the merge budget, not by rows.
 """
 from __future__ import annotations
@@ -33,7 +31,8 @@ import weakref
 
 import numpy as np
 
-PW_BLOCK = 128  # numpy's PW_BLOCKSIZE
+from .exact import ExactSum, add_grouped
+
 DEFAULT_SPILL_ROWS = 2_000_000
 MAX_MERGE = 1 << 20  # keys per merged chunk (upper bound)
 INF_KEY = np.iinfo(np.int64).max
@@ -112,29 +111,9 @@ class SpilledRun:
         return np.fromfile(self.path, dtype="<i8", count=count, offset=8 * (self.offset + start)).astype(
             np.int64, copy=False)
 
-    def count_below(self, key: int) -> int:
-        """Number of elements < key (binary search with single-element reads)."""
-        lo, hi = 0, self.size
-        with open(self.path, "rb") as f:
-            while lo < hi:
-                mid = (lo + hi) // 2
-                f.seek(8 * (self.offset + mid))
-                v = int(np.frombuffer(f.read(8), dtype="<i8")[0])
-                if v < key:
-                    lo = mid + 1
-                else:
-                    hi = mid
-        return lo
-
 
 def _load(run) -> np.ndarray:
     return run if isinstance(run, np.ndarray) else run.read()
-
-
-def _count_below(run, key: int) -> int:
-    if isinstance(run, np.ndarray):
-        return int(np.searchsorted(run, key, side="left"))
-    return run.count_below(key)
 
 
 class SpilledRows:
@@ -282,102 +261,6 @@ def merge_chunks(runs, budget):
         yield chunk
 
 
-# ----------------------------------------------------------------------------------------------- numpy's summation
-def _leaves(n, lo, out):
-    if n <= PW_BLOCK:
-        out.append((lo, n))
-        return
-    n2 = n // 2
-    n2 -= n2 % 8
-    _leaves(n2, lo, out)
-    _leaves(n - n2, lo + n2, out)
-
-
-def _combine(n, it):
-    if n <= PW_BLOCK:
-        return next(it)
-    n2 = n // 2
-    n2 -= n2 % 8
-    a = _combine(n2, it)
-    b = _combine(n - n2, it)
-    return a + b
-
-
-def _leaf_sums(M: np.ndarray) -> np.ndarray:
-    """numpy's pairwise_sum of each row of M (k, L), L <= 128, with the same operations in the same order."""
-    k, L = M.shape
-    if L < 8:
-        res = np.zeros(k)
-        for j in range(L):
-            res = res + M[:, j]
-        return res
-    r = M[:, :8].copy()
-    i = 8
-    stop = L - L % 8
-    while i < stop:
-        r += M[:, i:i + 8]
-        i += 8
-    res = ((r[:, 0] + r[:, 1]) + (r[:, 2] + r[:, 3])) + ((r[:, 4] + r[:, 5]) + (r[:, 6] + r[:, 7]))
-    for j in range(stop, L):
-        res = res + M[:, j]
-    return res
-
-
-class PairwiseSum:
-    """Streaming float64 sum of exactly ``n`` values, bit-identical to ``np.sum`` of the contiguous vector
-    (``first=False``) or to a segment of ``np.add.reduceat`` (``first=True``: first value + pairwise sum of the
-    rest)."""
-
-    def __init__(self, n: int, first: bool = False):
-        self.n = int(n)
-        self.first = first and self.n > 0
-        self.x0 = None
-        m = self.n - 1 if self.first else self.n
-        self.m = m
-        lv = []
-        _leaves(m, 0, lv)
-        arr = np.array(lv, dtype=np.int64).reshape(-1, 2)
-        self.starts, self.lens = arr[:, 0], arr[:, 1]
-        self.ends = self.starts + self.lens
-        self.sums = np.zeros(len(lv))
-        self.k = 0
-        self.pos = 0
-        self.buf = np.zeros(0)
-        self.fed = 0
-
-    def feed(self, x: np.ndarray):
-        x = np.asarray(x, dtype=np.float64)
-        self.fed += x.size
-        if self.first and self.x0 is None and x.size:
-            self.x0 = float(x[0])
-            x = x[1:]
-        buf = np.concatenate([self.buf, x]) if self.buf.size else x
-        end = self.pos + buf.size
-        k2 = int(np.searchsorted(self.ends, end, side="right"))
-        if k2 > self.k:
-            st = self.starts[self.k:k2] - self.pos
-            ln = self.lens[self.k:k2]
-            out = np.empty(k2 - self.k)
-            for L in np.unique(ln).tolist():
-                sel = np.flatnonzero(ln == L)
-                out[sel] = _leaf_sums(buf[st[sel][:, None] + np.arange(L)[None, :]]) if L else 0.0
-            self.sums[self.k:k2] = out
-            used = int(self.ends[k2 - 1]) - self.pos
-            buf = buf[used:]
-            self.pos += used
-            self.k = k2
-        self.buf = buf.copy() if buf.size else np.zeros(0)
-
-    def result(self) -> float:
-        self.feed(np.zeros(0))
-        if self.fed != self.n or self.k != self.sums.size:
-            raise RuntimeError(f"PairwiseSum: fed {self.fed} of {self.n} values")
-        total = _combine(self.m, iter(self.sums.tolist()))
-        if self.first:
-            return self.x0 + total
-        return total
-
-
 # ----------------------------------------------------------------------------------------------- exact statistics
 def atom_size(runs) -> int:
     return int(sum(r.size for r in runs))
@@ -395,11 +278,8 @@ def atom_stats(runs, threshold, ece_edges, limit, budget, eps=None):
                            EPS if eps is None else eps)
     E = ece_edges.size - 1
     inner = ece_edges[1:-1]
-    edge_keys = [int(np.float64(e).view(np.int64)) << 1 for e in inner]  # s < e  <=>  key < (bits(e) << 1)
-    below = np.array([sum(_count_below(r, ek) for r in runs) for ek in edge_keys], dtype=np.int64)
-    bin_n = np.diff(np.concatenate([[0], below, [n]]))
-    ll_sum, br_sum = PairwiseSum(n), PairwiseSum(n)
-    s_sums = [PairwiseSum(int(c), first=True) if c > 0 else None for c in bin_n]
+    eps = EPS if eps is None else eps
+    ll_sum, br_sum, s_sums = ExactSum(), ExactSum(), [ExactSum() for _ in range(E)]
     ycnt = np.zeros(E, dtype=np.int64)
     P = idx = fn = 0
     for key in merge_chunks(runs, budget):
@@ -410,18 +290,13 @@ def atom_stats(runs, threshold, ece_edges, limit, budget, eps=None):
         idx += i
         fn += int(np.count_nonzero(y[:i]))
         p1 = np.where(y == 1, s, 1 - s)
-        ll_sum.feed(-np.log(np.clip(p1, EPS if eps is None else eps, 1 - (EPS if eps is None else eps))))
-        br_sum.feed((s - y) ** 2)
+        ll_sum.add(-np.log(np.clip(p1, eps, 1 - eps)))
+        br_sum.add((s - y) ** 2)
         b = np.concatenate([[0], np.searchsorted(s, inner, side="left"), [s.size]])
-        for e in range(E):
-            lo, hi = int(b[e]), int(b[e + 1])
-            if hi > lo:
-                s_sums[e].feed(s[lo:hi])
-                ycnt[e] += int(np.count_nonzero(y[lo:hi]))
-    ysum = ycnt.astype(np.float64)
-    ssum = np.array([0.0 if ps is None else ps.result() for ps in s_sums])
-    return {"n": n, "P": P, "tp": P - fn, "fp": (n - idx) - (P - fn), "ll": float(ll_sum.result()),
-            "br": float(br_sum.result()), "ysum": ysum, "ssum": ssum}
+        add_grouped(s_sums, s, np.repeat(np.arange(E), np.diff(b)))
+        ycnt += np.diff(np.concatenate([[0], np.cumsum(y, dtype=np.int64)])[b])
+    return {"n": n, "P": P, "tp": P - fn, "fp": (n - idx) - (P - fn), "ll": ll_sum, "br": br_sum,
+            "ysum": ycnt.astype(np.float64), "ssum": s_sums}
 
 
 def rank_metrics(runs, n, P, limit, budget, cfg):
@@ -500,10 +375,8 @@ def rank_metrics(runs, n, P, limit, budget, cfg):
             else:
                 if N:
                     auc = u2 / (2 * P * N)
-                ps = PairwiseSum(n_terms)
-                for a in range(0, n_terms, _CHUNK):
-                    ps.feed(np.fromfile(tpath, dtype="<f8", count=min(_CHUNK, n_terms - a), offset=8 * a))
-                ap = float(ps.result()) / P
+                # np.sum of the whole vector, as the in-memory mode (a file-backed map: the pages are cache)
+                ap = float(np.sum(np.memmap(tpath, dtype="<f8", mode="r", shape=(n_terms,)))) / P
         return auc, ap
     finally:
         os.remove(tpath)
