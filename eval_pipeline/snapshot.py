@@ -7,6 +7,10 @@ so refreshing twice over the same files gives the same snapshot id and re-uses i
     snapshots/<task>/<snapshot_id>/data.parquet
     snapshots/<task>/<snapshot_id>/manifest.json
     snapshots/<task>/latest.json            pointer, replaced atomically after the snapshot is complete
+
+A task whose spec has ``data.sql`` reads a warehouse query or table instead (eval_pipeline.sql_source): its rows are
+extracted in batches into content-addressed parquet parts (``extracts/<task>/parts/``), and those parts become the
+snapshot exactly as landed files do.
 """
 
 import datetime as dt
@@ -48,6 +52,9 @@ class Snapshot:
 
 
 def source_prefix(lake: Lake, spec: EvalSpec) -> str:
+    if spec.data.sql is not None:
+        raise DataError(f"task '{spec.task}' reads from a warehouse (data.sql), not from landed files: it has no "
+                        f"landing zone; refresh it on a schedule or with `eval-pipeline evaluate`")
     src = spec.data.source
     if "://" in src:
         # An absolute URI is allowed only if it lies inside the lake root (one root for every artifact).
@@ -87,8 +94,9 @@ def _read_file(lake: Lake, rel: str, columns: list[str], spec: EvalSpec) -> tupl
     return table.select(columns), digest
 
 
-def _normalise_types(table: pa.Table, spec: EvalSpec, rel: str, lake: Lake) -> pa.Table:
+def _normalise_types(table: pa.Table, spec: EvalSpec, rel: str, lake: Lake, where: str | None = None) -> pa.Table:
     """Make files that landed with slightly different physical types (int32 vs int64, ts units) concatenable."""
+    where = where or lake.uri(rel)
     ts = spec.columns.timestamp
     if ts:
         col = table[ts]
@@ -96,13 +104,13 @@ def _normalise_types(table: pa.Table, spec: EvalSpec, rel: str, lake: Lake) -> p
             try:
                 col = pa.array(pd.to_datetime(col.to_pandas(), utc=True), type=pa.timestamp("us", tz="UTC"))
             except (ValueError, TypeError) as exc:
-                raise DataError(f"{lake.uri(rel)}: timestamp column {ts!r} is not parseable as datetimes: {exc}") from None
+                raise DataError(f"{where}: timestamp column {ts!r} is not parseable as datetimes: {exc}") from None
         elif pa.types.is_timestamp(col.type):
             col = pc.cast(col, pa.timestamp("us", tz=col.type.tz or "UTC"))
             if col.type.tz != "UTC":
                 col = pc.cast(col, pa.timestamp("us", tz="UTC"))
         else:
-            raise DataError(f"{lake.uri(rel)}: timestamp column {ts!r} has type {col.type}; expected a timestamp "
+            raise DataError(f"{where}: timestamp column {ts!r} has type {col.type}; expected a timestamp "
                             f"or an ISO date string")
         table = table.set_column(table.schema.get_field_index(ts), ts, col)
     fields = []
@@ -119,11 +127,21 @@ def _normalise_types(table: pa.Table, spec: EvalSpec, rel: str, lake: Lake) -> p
 
 
 def refresh_snapshot(lake: Lake, spec: EvalSpec) -> Snapshot:
-    """Build (or re-use) the snapshot of everything in the landing zone."""
+    """Build (or re-use) the snapshot of everything in the landing zone (or, with data.sql, of the warehouse)."""
+    if spec.data.sql is not None:
+        from .sql_source import refresh_sql_snapshot
+
+        return refresh_sql_snapshot(lake, spec)
     files = list_source_files(lake, spec)
     if not files:
         raise DataError(f"no data files (*.parquet, *.csv) under {lake.uri(source_prefix(lake, spec))} "
                         f"for task '{spec.task}'")
+    return build_snapshot(lake, spec, files, lake.uri(source_prefix(lake, spec)))
+
+
+def build_snapshot(lake: Lake, spec: EvalSpec, files: list[dict], where: str, extra: dict | None = None) -> Snapshot:
+    """The snapshot of exactly these lake files (dicts with ``rel`` and ``size``), in this order; ``where`` names
+    them in errors; ``extra`` is added to a new snapshot's manifest (the SQL source's query and parts)."""
     columns = spec.all_columns()
     tables, sources = [], []
     for f in files:
@@ -139,7 +157,7 @@ def refresh_snapshot(lake: Lake, spec: EvalSpec) -> Snapshot:
                  f"has {first.field(field.name).type}"
                  for f, t in zip(files[1:], tables[1:]) for field in t.schema
                  if field.type != first.field(field.name).type]
-        raise DataError(f"files under {lake.uri(source_prefix(lake, spec))} have incompatible column types: "
+        raise DataError(f"files under {where} have incompatible column types: "
                         + ("; ".join(diffs[:5]) or str(exc))) from None
     sort_keys = ([(spec.columns.timestamp, "ascending")] if spec.columns.timestamp else []) + [(spec.columns.id, "ascending")]
     table = table.sort_by(sort_keys).replace_schema_metadata(None)
@@ -164,6 +182,7 @@ def refresh_snapshot(lake: Lake, spec: EvalSpec) -> Snapshot:
             "rows": table.num_rows, "schema": {f.name: str(f.type) for f in table.schema},
             "source_files": sources, "time_range": time_range,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            **(extra or {}),
         }
         lake.write_json(f"{snap_folder}/manifest.json", manifest)
     lake.write_json(f"snapshots/{spec.task}/latest.json", {"snapshot_id": snapshot_id})

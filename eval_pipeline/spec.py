@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
+from pydantic_core import InitErrorDetails
 
 TASK_TYPES = ("binary_classification", "multiclass_classification", "regression")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -45,13 +47,78 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SQL_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+
+
+class SqlSourceSpec(_Strict):
+    """A warehouse query or table read through SQLAlchemy in batches (eval_pipeline.sql_source). The connection URL,
+    credentials included, comes only from the environment variable named by ``url_env``, never from the spec."""
+    url_env: str = Field(description="environment variable holding the SQLAlchemy URL (with its credentials)")
+    query: str | None = Field(None, description="a SELECT returning (at least) the spec's columns")
+    table: str | None = Field(None, description="a table or view, 'name' or 'schema.name', instead of a query")
+    batch_rows: int = Field(50_000, ge=1, description="rows fetched per batch and written per parquet part")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in ("url", "dsn", "password", "connection_string")):
+            raise ValueError("credentials never go in the spec: put the SQLAlchemy URL in an environment variable "
+                             "and name that variable in data.sql.url_env")
+        return data
+
+    @field_validator("url_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if not _ENV_NAME.match(v):
+            raise ValueError(f"{v!r} is not an environment variable name (letters, digits, '_')")
+        return v
+
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, v: str | None) -> str | None:
+        if v is not None and not _SQL_TABLE.match(v):
+            raise ValueError(f"table {v!r} must be 'name' or 'schema.name' (letters, digits, '_'); use query for "
+                             f"anything else")
+        return v
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "SqlSourceSpec":
+        if (self.query is None) == (self.table is None):
+            raise ValueError("give exactly one of query (a SELECT) or table")
+        if self.query is not None and not self.query.strip().rstrip(";").strip():
+            raise ValueError("query is empty")
+        return self
+
+
 class DataSpec(_Strict):
     # Folder (relative to the lake root, or a full URI) where monthly/daily files land.
-    source: str = Field(description="landing folder, relative to the lake root or an absolute URI")
+    source: str | None = Field(None, description="landing folder, relative to the lake root or an absolute URI")
+    # Or a warehouse query/table (exactly one of source and sql).
+    sql: SqlSourceSpec | None = None
     format: Literal["parquet", "csv", "auto"] = "auto"
     # Rows evaluated: an optional timestamp window; models are usually trained on earlier data.
     evaluation_start: date | None = None
     evaluation_end: date | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_or_sql(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("source") is None and data.get("sql") is None:
+            # reported as the usual "data.source: required key is missing"
+            raise ValidationError.from_exception_data(
+                "DataSpec", [InitErrorDetails(type="missing", loc=("source",), input=data)])
+        if isinstance(data, dict) and data.get("source") is not None and data.get("sql") is not None:
+            raise ValueError("give either source (a landing folder) or sql (a warehouse query or table), not both")
+        return data
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # a file-source spec dumps (and so hashes: spec_sha256) as it did before data.sql existed
+        out = handler(self)
+        if isinstance(out, dict) and out.get("sql", 0) is None:
+            del out["sql"]
+        return out
 
 
 class ColumnsSpec(_Strict):

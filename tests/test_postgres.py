@@ -9,13 +9,6 @@ PostgreSQL, and the password appears in none of them. Skipped, with the reason, 
 (``apt-get install -y postgresql``).
 """
 
-import glob
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-
 import dagster as dg
 import pytest
 from dagster._core.instance.ref import InstanceRef
@@ -24,9 +17,9 @@ from eval_pipeline.cli import run_evaluation
 from eval_pipeline.lake import Lake
 
 from .fixtures.toy_expected import assert_toy_release_pass
-from .s3_util import free_port, seed_toy, write_spec
+from .pg_util import INITDB, SKIP_REASON, pg_cluster
+from .s3_util import seed_toy, write_spec
 
-INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 PASSWORD = "pg-PASSWORD-should-not-leak-7f3a"
 DAGSTER_YAML = """\
 storage:
@@ -43,47 +36,13 @@ telemetry:
   enabled: false
 """
 
-pytestmark = pytest.mark.skipif(
-    not INITDB, reason="PostgreSQL server binaries not installed (apt-get install -y postgresql); "
-                       "the SQLite default is covered by every other test")
-
-
-def _as_postgres(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        cmd = ["runuser", "-u", "postgres", "--"] + cmd
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60, **kw)
+pytestmark = pytest.mark.skipif(not INITDB, reason=SKIP_REASON)
 
 
 @pytest.fixture(scope="module")
 def postgres():
-    bindir = Path(INITDB[-1]).parent
-    work = Path(tempfile.mkdtemp(prefix="eval-pg-"))  # not under pytest's 0700 tmp dir: postgres must read it
-    data, sock = work / "data", work / "sock"
-    sock.mkdir()
-    pwfile = work / "pw"
-    pwfile.write_text(PASSWORD + "\n")
-    if os.geteuid() == 0:
-        shutil.chown(work, "postgres")
-        shutil.chown(sock, "postgres")
-        shutil.chown(pwfile, "postgres")
-    port = free_port()
-    _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "dagster", "--auth=scram-sha-256",
-                  f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"])
-    _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(work / "log"), "-w", "-t", "30",
-                  "-o", f"-h 127.0.0.1 -p {port} -k {sock} -F", "start"])
-    try:
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="dagster", password=PASSWORD, dbname="postgres")
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE dagster")
-        conn.close()
-        yield {"port": port}
-    finally:
-        subprocess.run((["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) +
-                       [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(work, ignore_errors=True)
+    with pg_cluster(PASSWORD, databases=["dagster"]) as pg:  # tests/pg_util.py
+        yield pg
 
 
 def test_evaluation_with_dagster_storage_on_postgres(postgres, tmp_path, monkeypatch):
