@@ -9,6 +9,7 @@ import pytest
 MODULES = [
     "eval_pipeline.quality",
     "eval_pipeline.jsonsafe",
+    "eval_pipeline.drift",
 ]
 
 
