@@ -51,7 +51,14 @@ VARIABLES: dict[str, str] = {
     "EVAL_RUN_EXECUTOR": f"executor of sensor-requested runs: one of {', '.join(EXECUTORS)}",
     "EVAL_ENGINE_SPILL_ROWS": "rows per worker before the engine spills sorted scores to disk: an integer >= 1",
     "EVAL_ENGINE_SPILL_DIR": "folder for the engine's spill files",
+    "EVAL_ALERT_WEBHOOKS": "default alert webhooks: comma-separated http(s) URLs, each optionally prefixed "
+                           "'slack:' or 'json:' (a secret: never logged)",
+    "EVAL_ALERT_TIMEOUT_SECONDS": "timeout of one alert request in seconds: a number > 0",
+    "EVAL_ALERT_MAX_SECONDS": "total time one alert may take, retries included, in seconds: a number > 0",
+    "EVAL_ALERT_MAX_ATTEMPTS": "attempts per alert webhook (retries on 5xx and connection errors): an integer >= 1",
+    "EVAL_ALERT_BACKOFF_SECONDS": "first retry delay of an alert (doubled each retry): a number > 0",
 }
+ALERT_FORMATS = ("json", "slack")
 # Read by the test suite, the launcher or benchmarks only (never by the pipeline); not reported as unknown.
 TEST_ONLY_PREFIXES = ("EVAL_TEST_", "EVAL_DAEMON_TEST_", "EVAL_SLOW", "EVAL_SIM_", "EVAL_WORKER_", "EVAL_VENV")
 
@@ -72,6 +79,12 @@ class Settings:
     run_executor: str = "in_process"
     engine_spill_rows: int | None = None
     engine_spill_dir: str | None = None
+    # (format, url) pairs from EVAL_ALERT_WEBHOOKS: the URLs carry tokens, so they are kept out of repr().
+    alert_webhooks: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    alert_timeout_seconds: float = 5.0
+    alert_max_seconds: float = 20.0
+    alert_max_attempts: int = 4
+    alert_backoff_seconds: float = 0.5
     unknown: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -140,6 +153,25 @@ def parse_trusted_types(name: str, raw: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t for t in items if t))
 
 
+def parse_alert_webhooks(name: str, raw: str | None) -> tuple[tuple[str, str], ...]:
+    """``[slack:|json:]https://...`` entries, comma-separated. Errors name the entry by position, never its value
+    (a webhook URL is a secret)."""
+    if raw is None:
+        return ()
+    out = []
+    for i, entry in enumerate(e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        fmt, _, rest = entry.partition(":")
+        fmt, url = (fmt.lower(), rest) if fmt.lower() in ALERT_FORMATS else ("json", entry)
+        if not re.match(r"^https?://[^\s/]+", url):
+            raise SettingsError(f"environment variable {name} is not valid (value not shown: it may hold a secret): "
+                                f"entry {i + 1} is not an http:// or https:// URL; expected comma-separated webhook "
+                                f"URLs, each optionally prefixed 'slack:' or 'json:'")
+        out.append((fmt, url))
+    return tuple(out)
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, warn: bool = True) -> Settings:
     """Parse every EVAL_* variable of ``env`` (default: ``os.environ``); raises SettingsError on the first bad one.
 
@@ -172,6 +204,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, warn: bool = True) ->
         run_executor=executor or "in_process",
         engine_spill_rows=_int("EVAL_ENGINE_SPILL_ROWS", g("EVAL_ENGINE_SPILL_ROWS"), None),
         engine_spill_dir=g("EVAL_ENGINE_SPILL_DIR"),
+        alert_webhooks=parse_alert_webhooks("EVAL_ALERT_WEBHOOKS", g("EVAL_ALERT_WEBHOOKS")),
+        alert_timeout_seconds=_positive("EVAL_ALERT_TIMEOUT_SECONDS", g("EVAL_ALERT_TIMEOUT_SECONDS"), 5.0),
+        alert_max_seconds=_positive("EVAL_ALERT_MAX_SECONDS", g("EVAL_ALERT_MAX_SECONDS"), 20.0),
+        alert_max_attempts=_int("EVAL_ALERT_MAX_ATTEMPTS", g("EVAL_ALERT_MAX_ATTEMPTS"), 4),
+        alert_backoff_seconds=_positive("EVAL_ALERT_BACKOFF_SECONDS", g("EVAL_ALERT_BACKOFF_SECONDS"), 0.5),
         unknown=unknown,
     )
     if warn:

@@ -278,6 +278,55 @@ class MonitoringSpec(_Strict):
     promote_on_pass: bool = False
 
 
+ALERT_EVENTS = ("fail", "inconclusive", "drift", "refused_manifest")
+_ALERT_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _yaml_on_key(data: Any) -> Any:
+    """YAML 1.1 reads a bare ``on:`` key as the boolean True; take it back as 'on'."""
+    if isinstance(data, dict) and True in data:
+        data = {("on" if k is True else k): v for k, v in data.items()}
+    return data
+
+
+def _env_var_name(v: str | None, key: str) -> str | None:
+    if v is not None and not _ALERT_ENV.match(v):
+        # never echo the value: a URL or a token put here by mistake is a secret
+        raise ValueError(f"{key} names an environment variable (letters, digits, '_'), e.g. TEAM_SLACK_WEBHOOK; the "
+                         f"secret itself (webhook URL, token) goes in that variable, never in the spec")
+    return v
+
+
+class AlertWebhookSpec(_Strict):
+    """One webhook: its URL (with any token) and optional Authorization header come only from the environment."""
+    url_env: str = Field(description="environment variable holding the webhook URL")
+    format: Literal["json", "slack"] = "json"
+    on: list[Literal[ALERT_EVENTS]] = Field(default_factory=lambda: ["fail", "drift", "refused_manifest"])
+    auth_env: str | None = Field(None, description="environment variable holding an Authorization header value")
+
+    _on_key = model_validator(mode="before")(classmethod(lambda cls, data: _yaml_on_key(data)))
+
+    @field_validator("url_env")
+    @classmethod
+    def _url_env(cls, v: str) -> str:
+        return _env_var_name(v, "url_env")
+
+    @field_validator("auth_env")
+    @classmethod
+    def _auth_env(cls, v: str | None) -> str | None:
+        return _env_var_name(v, "auth_env")
+
+
+class AlertsSpec(_Strict):
+    """Who is told about a FAIL, an INCONCLUSIVE (only if asked), drift or a refused manifest (eval_pipeline.alerts).
+    ``on`` is the events the default webhooks of EVAL_ALERT_WEBHOOKS get for this task."""
+    webhooks: list[AlertWebhookSpec] = Field(default_factory=list)
+    on: list[Literal[ALERT_EVENTS]] = Field(default_factory=lambda: ["fail", "drift", "refused_manifest"])
+    default_webhooks: bool = Field(True, description="also alert the webhooks of EVAL_ALERT_WEBHOOKS")
+
+    _on_key = model_validator(mode="before")(classmethod(lambda cls, data: _yaml_on_key(data)))
+
+
 class EvalSpec(_Strict):
     task: str
     description: str = ""
@@ -292,6 +341,7 @@ class EvalSpec(_Strict):
     drift: DriftSpec = DriftSpec()
     expectations: ExpectationsSpec = ExpectationsSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    alerts: AlertsSpec = AlertsSpec()
 
     @field_validator("task")
     @classmethod
@@ -477,7 +527,8 @@ class EvalSpec(_Strict):
         return list(self.drift.columns or self.columns.features)
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # alerts say who is told, not what is decided: changing a webhook must not change the evidence or its hash
+        return json.dumps(self.model_dump(mode="json", exclude={"alerts"}), sort_keys=True, separators=(",", ":"))
 
     def spec_hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
@@ -498,6 +549,8 @@ def _format_errors(exc: ValidationError, source: str) -> str:
             msg = "required key is missing"
         got = err.get("input")
         shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        if err["loc"] and err["loc"][0] == "alerts":
+            shown = ""  # a value misplaced under alerts may be a webhook URL or token: never echoed
         lines.append(f"  - {path}: {msg}{shown}")
     return "\n".join(lines)
 
@@ -545,4 +598,5 @@ def specs_for_model(name: str, entries: list[str] | tuple[str, ...] = ()) -> tup
 
 def spec_text_from(spec: EvalSpec) -> str:
     """The spec as YAML, saved beside every result so a result can be traced to what asked for it."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    exclude = {"alerts"} if spec.alerts == AlertsSpec() else None  # the default section adds nothing to read
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude=exclude), sort_keys=False)
