@@ -4,7 +4,7 @@ A spec with ``data.sql`` instead of ``data.source``::
 
     data:
       sql:
-        url_env: EVAL_WAREHOUSE_URL      # the variable holding the SQLAlchemy URL; credentials never in the spec
+        url_env: WAREHOUSE_URL           # the variable holding the SQLAlchemy URL; credentials never in the spec
         query: "select id, ts, a, b, y from flights where ts >= '2024-01-01'"   # or: table: analytics.flights
         batch_rows: 50000                # rows per fetch and per parquet part
 
@@ -66,8 +66,12 @@ def _engine(spec: EvalSpec):
     try:
         return sa.create_engine(url, pool_pre_ping=False, poolclass=sa.pool.NullPool)
     except Exception as exc:  # noqa: BLE001 - ArgumentError, NoSuchModuleError, a missing driver...
+        hint = ""
+        if "psycopg" in str(exc) and url.startswith("postgresql:"):
+            # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the project ships psycopg2 (dagster-postgres)
+            hint = " (write postgresql+psycopg2://..., the driver installed with the [postgres] extra)"
         raise DataError(f"task '{spec.task}': the URL in {sql.url_env} is not usable by SQLAlchemy: "
-                        f"{_scrub(_first_line(exc), url)}") from None
+                        f"{_scrub(_first_line(exc), url)}{hint}") from None
 
 
 def _first_line(exc: BaseException) -> str:
