@@ -40,16 +40,20 @@ def gate_rows(result: dict) -> list[list[str]]:
              g.get("rule", "")] for g in result["gates"]]
 
 
-GATE_HEADER = ["gate", "metric", "slice", "outcome", "candidate", "baseline", "delta", "interval", "n", "rule"]
+# A gate row's interval is multiplicity-adjusted (its two-sided level is 1 - 2 x adjusted_alpha, stated in the rule);
+# the slice tables' intervals are the unadjusted ones at evaluation.confidence. Headers say which.
+GATE_HEADER = ["gate", "metric", "slice", "outcome", "candidate", "baseline", "delta",
+               "multiplicity-adjusted interval", "n", "rule"]
 
 
 def slice_rows(result: dict, metrics: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
     m = result["metrics"]
     metrics = metrics or m.get("metrics", [])[:4]
     paired = result.get("baseline") is not None
+    ci = f"{m.get('confidence', 0.95):.0%} CI, unadjusted"
     header = ["slice", "n", "status"]
     for metric in metrics:
-        header += [f"{metric} cand.", f"{metric} base.", f"{metric} Δ [CI]"] if paired else [f"{metric} [CI]"]
+        header += [f"{metric} cand.", f"{metric} base.", f"{metric} Δ [{ci}]"] if paired else [f"{metric} [{ci}]"]
     rows = []
     for s in m.get("slices", []):
         row = [s["slice"], str(s["n"]), s.get("status", "")]
@@ -93,7 +97,7 @@ def _what_changes(result: dict) -> list[str]:
         f"the spec (sha256 {result['reproducibility']['spec_sha256'][:16]}…): slices, metrics, gates, margins, "
         "confidence, bootstrap replicates",
         f"the seed ({result['reproducibility']['seed']})",
-        "the package versions listed below (metric code or model libraries)",
+        "the package versions listed above (metric code or model libraries)",
         "which version is champion (the baseline a candidate is compared with)",
     ]
 
