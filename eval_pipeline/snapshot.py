@@ -52,10 +52,7 @@ class Snapshot:
 
 
 def source_prefix(lake: Lake, spec: EvalSpec) -> str:
-    if spec.data.sql is not None:
-        raise DataError(f"task '{spec.task}' reads from a warehouse (data.sql), not from landed files: it has no "
-                        f"landing zone; refresh it on a schedule or with `eval-pipeline evaluate`")
-    src = spec.data.source
+    src = spec.data.source  # a SQL task's: extracts/<task>/parts (EvalSpec._sql_landing)
     if "://" in src:
         # An absolute URI is allowed only if it lies inside the lake root (one root for every artifact).
         if not src.rstrip("/").startswith(lake.root):
@@ -65,7 +62,12 @@ def source_prefix(lake: Lake, spec: EvalSpec) -> str:
 
 
 def list_source_files(lake: Lake, spec: EvalSpec) -> list[dict]:
-    """Data files in the landing zone (recursively), sorted by path. Hidden and temp files are ignored."""
+    """Data files in the landing zone (recursively), sorted by path. Hidden and temp files are ignored.
+
+    Empty for a SQL task (data.sql): its parts are written by its own refresh, never "landed", so the new-data sensor
+    does not react to them; a SQL task is refreshed by its schedule or `eval-pipeline evaluate`."""
+    if spec.data.sql is not None:
+        return []
     files = [f for f in lake.find(source_prefix(lake, spec))
              if f["rel"].lower().endswith(DATA_SUFFIXES) and not posixpath.basename(f["rel"]).startswith((".", "_"))]
     if spec.data.format != "auto":

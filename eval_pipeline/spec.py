@@ -118,6 +118,8 @@ class DataSpec(_Strict):
         out = handler(self)
         if isinstance(out, dict) and out.get("sql", 0) is None:
             del out["sql"]
+        elif isinstance(out, dict) and out.get("sql") is not None:
+            out.pop("source", None)  # derived (EvalSpec._sql_landing): a SQL spec dumps as written, re-parseable
         return out
 
 
@@ -349,6 +351,14 @@ class EvalSpec(_Strict):
         if not re.match(r"^[a-z][a-z0-9_]{0,47}$", v):
             raise ValueError(f"task {v!r} must be lowercase letters, digits and '_' (it names Dagster assets)")
         return v
+
+    @model_validator(mode="after")
+    def _sql_landing(self) -> "EvalSpec":
+        # A SQL task's landing area is where its extract's parts land (eval_pipeline.sql_source), so code that names
+        # a task's data.source (messages, asset descriptions) has a folder to name; nothing is listed from there.
+        if self.data.sql is not None and self.data.source is None:
+            object.__setattr__(self.data, "source", f"extracts/{self.task}/parts")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> "EvalSpec":
