@@ -53,7 +53,6 @@ sensor evaluation (``sensors: use_threads: false``); with threaded sensors two s
 import datetime as dt
 import hashlib
 import json
-import os
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -61,34 +60,16 @@ import dagster as dg
 from eval_pipeline import pipeline
 from eval_pipeline.lake import Lake, LakeError
 from eval_pipeline.registry import Registry, RegistryError, sha256_bytes, version_sort_key
-from eval_pipeline.snapshot import DataError, Snapshot, list_source_files
+from eval_pipeline.settings import load_settings
+from eval_pipeline.snapshot import DataError, list_source_files, load_snapshot
 from eval_pipeline.spec import EvalSpec
 from resources import LakeResource
 
-from .common import evaluation_run_config, evaluations_partitions, key, versions_partitions
-
-DEFAULT_INTERVAL_SECONDS = 10
-DEFAULT_VERIFY_MAX_MB = 256
-
-TAG_TRIGGER = "eval/trigger"
-TAG_TASK = "eval/task"
-TAG_MODEL = "eval/model"
-TAG_VERSION = "eval/version"
-TAG_SNAPSHOT = "eval/snapshot"
-TAG_NIGHT = "eval/night"
-TAG_BASELINE = "eval/baseline"    # baseline version, "none" (no champion) or "monitoring" (the champion itself)
-TAG_EVIDENCE = "eval/evidence"    # content key of (candidate x baseline x snapshot x spec): the de-duplication key
+from .common import (TAG_BASELINE, TAG_EVIDENCE, TAG_FILES, TAG_MODEL, TAG_NIGHT, TAG_ROLE, TAG_SNAPSHOT, TAG_TASK,
+                     TAG_TRIGGER, TAG_VERSION, evaluation_run_config, evaluations_partitions, key, versions_partitions)
 
 # What makes an evaluation request skippable rather than an error: the lake or the registry is not ready for it.
 RESOLVE_ERRORS = (pipeline.EvaluationError, RegistryError, DataError, LakeError, FileNotFoundError)
-
-
-def sensor_interval_seconds() -> int:
-    raw = os.environ.get("EVAL_SENSOR_INTERVAL_SECONDS", "").strip()
-    try:
-        return max(1, int(raw)) if raw else DEFAULT_INTERVAL_SECONDS
-    except ValueError:
-        return DEFAULT_INTERVAL_SECONDS
 
 
 def run_config_for(job) -> dict:
@@ -100,20 +81,10 @@ def run_config_for(job) -> dict:
     in-process loses nothing. EVAL_RUN_EXECUTOR=multiprocess restores the default. Jobs that declare their own
     executor get no executor config from here.
     """
-    choice = os.environ.get("EVAL_RUN_EXECUTOR", "in_process").strip() or "in_process"
     executor = getattr(job, "executor_def", None)
-    if choice not in ("in_process", "multiprocess") or (
-            executor is not None and executor is not dg.multi_or_in_process_executor):
+    if executor is not None and executor is not dg.multi_or_in_process_executor:
         return {}
-    return {"execution": {"config": {choice: {}}}}
-
-
-def _verify_max_bytes() -> int:
-    raw = os.environ.get("EVAL_SENSOR_VERIFY_MAX_MB", "").strip()
-    try:
-        return int(float(raw) * 1024 * 1024) if raw else DEFAULT_VERIFY_MAX_MB * 1024 * 1024
-    except ValueError:
-        return DEFAULT_VERIFY_MAX_MB * 1024 * 1024
+    return {"execution": {"config": {load_settings(warn=False).run_executor: {}}}}
 
 
 def _load_cursor(raw: str | None) -> dict:
@@ -131,40 +102,17 @@ def _dump_cursor(value: dict) -> str:
 
 
 # -- lake state shared by the sensors ---------------------------------------------------------------------------------
-def latest_snapshot_id(lake: Lake, task: str) -> str | None:
-    pointer = f"snapshots/{task}/latest.json"
-    try:
-        return lake.read_json(pointer)["snapshot_id"]
-    except (FileNotFoundError, LakeError, KeyError, TypeError):
-        return None
-
-
-def quality_status(lake: Lake, spec: EvalSpec, snapshot_id: str) -> bool | None:
-    """True/False: the snapshot's data-quality result; None: not validated yet."""
-    ctx = pipeline.TaskContext(lake, spec)
-    rel = pipeline.quality_paths(ctx, Snapshot(spec.task, snapshot_id, {}))[0]
-    try:
-        return bool(lake.read_json(rel).get("success"))
-    except (FileNotFoundError, LakeError, AttributeError):
-        return None
-
-
-def validated_snapshot(lake: Lake, spec: EvalSpec) -> tuple[str | None, str]:
+def validated_snapshot(ctx: pipeline.TaskContext) -> tuple[str | None, str]:
     """(snapshot id, "") when the latest snapshot passed data quality, else (None, why not)."""
-    snapshot_id = latest_snapshot_id(lake, spec.task)
+    snapshot_id = pipeline.latest_snapshot_id(ctx)
     if snapshot_id is None:
-        return None, f"task '{spec.task}' has no snapshot yet"
-    ok = quality_status(lake, spec, snapshot_id)
+        return None, f"task '{ctx.task}' has no snapshot yet"
+    ok = pipeline.quality_status(ctx, snapshot_id)
     if ok is None:
         return None, f"snapshot {snapshot_id} has not been validated yet"
     if not ok:
         return None, f"snapshot {snapshot_id} failed data quality"
     return snapshot_id, ""
-
-
-def result_path(spec: EvalSpec, lake: Lake, inputs: pipeline.EvalInputs) -> str:
-    """Where the complete evidence set of these inputs has its result.json (present = already evaluated)."""
-    return f"{pipeline.evaluation_dir(pipeline.TaskContext(lake, spec), inputs)}/result.json"
 
 
 def _runs_for(instance, job_name: str, tags: dict, limit: int = 1, **filters) -> list:
@@ -244,7 +192,7 @@ def new_model_tick(context, lake: Lake, spec: EvalSpec, job_name: str, partition
     cursor = _load_cursor(context.cursor)
     done: dict = dict(cursor.get("done", {}))
     bad: dict = dict(cursor.get("bad", {}))
-    verify_max = _verify_max_bytes()
+    verify_max = load_settings(warn=False).sensor_verify_max_bytes
 
     new_versions, problems, waiting, no_baseline = [], [], [], []
     for entry in registry.scan(name):
@@ -267,7 +215,7 @@ def new_model_tick(context, lake: Lake, spec: EvalSpec, job_name: str, partition
         bad.pop(version, None)
         new_versions.append((version, value))
 
-    snapshot_id, why = validated_snapshot(lake, spec) if new_versions else (None, "")
+    snapshot_id, why = validated_snapshot(ctx) if new_versions else (None, "")
     existing = set(context.instance.get_dynamic_partitions(partitions_name))
     to_add = [v for v, _ in new_versions if v not in existing]
     run_requests = []
@@ -290,7 +238,7 @@ def new_model_tick(context, lake: Lake, spec: EvalSpec, job_name: str, partition
             continue
         request = evaluation_request(spec, lake, inputs, "new_model", f"{name}@{version}:{sha[:16]}", run_config)
         if (evaluation_requested(context.instance, spec, job_name, version, inputs, request.tags[TAG_EVIDENCE])
-                or lake.exists(result_path(spec, lake, inputs))):  # e.g. evaluated by the CLI
+                or pipeline.evidence_complete(ctx, inputs)):  # e.g. evaluated by the CLI
             context.log.info(f"{name}@{version} already has an evaluation on snapshot {snapshot_id} against "
                              f"{baseline_tag(inputs)}")
             continue
@@ -333,11 +281,11 @@ def landing_fingerprint(lake: Lake, spec: EvalSpec) -> tuple[str, int]:
 
 def _landing_zone_is_snapshotted(lake: Lake, spec: EvalSpec) -> bool:
     """True when the latest snapshot was built from exactly the files (paths and sizes) now in the landing zone."""
-    snapshot_id = latest_snapshot_id(lake, spec.task)
+    snapshot_id = pipeline.latest_snapshot_id(pipeline.TaskContext(lake, spec))
     if snapshot_id is None:
         return False
     try:
-        manifest = lake.read_json(f"snapshots/{spec.task}/{snapshot_id}/manifest.json")
+        manifest = load_snapshot(lake, spec.task, snapshot_id).manifest
         landed = {(f["rel"], f.get("size")) for f in list_source_files(lake, spec)}
     except (FileNotFoundError, LakeError, DataError):
         return False
@@ -367,7 +315,7 @@ def new_data_tick(context, lake: Lake, spec: EvalSpec, run_config: dict | None =
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=f"data:{fingerprint[:24]}", run_config=run_config,
                                     tags={TAG_TRIGGER: "new_data", TAG_TASK: spec.task,
-                                          "eval/files": str(n_files)})],
+                                          TAG_FILES: str(n_files)})],
         cursor=_dump_cursor({"last_run": fingerprint, "last_seen": fingerprint}))
 
 
@@ -378,7 +326,7 @@ def reevaluation_tick(context, lake: Lake, spec: EvalSpec, job_name: str, refres
     ctx = pipeline.TaskContext(lake, spec)
     name = spec.model.name
     cursor = _load_cursor(context.cursor)
-    snapshot_id, why = validated_snapshot(lake, spec)
+    snapshot_id, why = validated_snapshot(ctx)
     if snapshot_id is None:
         return dg.SensorResult(skip_reason=f"nothing to re-evaluate: {why}", cursor=_dump_cursor(cursor))
     # Requested evidence ids on this snapshot: (version, baseline, spec) triples already asked for.
@@ -412,7 +360,7 @@ def reevaluation_tick(context, lake: Lake, spec: EvalSpec, job_name: str, refres
             context.log.error(f"not re-evaluating {name}@{version}: {exc}")
             continue
         evidence = pipeline.evidence_id(ctx, inputs)
-        if evidence in requested or lake.exists(result_path(spec, lake, inputs)):
+        if evidence in requested or pipeline.evidence_complete(ctx, inputs):
             continue
         targets.append((inputs, role, evidence))
 
@@ -429,7 +377,7 @@ def reevaluation_tick(context, lake: Lake, spec: EvalSpec, job_name: str, refres
             continue  # e.g. the new-model sensor already asked for it
         trigger = "nightly" if (new_night and role == "champion") else (
             "new_champion" if role == "candidate" and _baseline_changed(context, spec, job_name, inputs) else "new_data")
-        run_requests.append(evaluation_request(spec, lake, inputs, trigger, None, run_config, **{"eval/role": role}))
+        run_requests.append(evaluation_request(spec, lake, inputs, trigger, None, run_config, **{TAG_ROLE: role}))
         context.log.info(f"re-evaluating {role} {name}@{inputs.version} on snapshot {snapshot_id} against "
                          f"{baseline_tag(inputs)}")
 
@@ -440,7 +388,7 @@ def reevaluation_tick(context, lake: Lake, spec: EvalSpec, job_name: str, refres
         try:
             inputs = pipeline.resolve_inputs(ctx, champion, snapshot_id)
             partition = inputs.partition_key
-            verdict = lake.read_json(result_path(spec, lake, inputs)).get("verdict", verdict)
+            verdict = pipeline.load_result(ctx, inputs).get("verdict", verdict)
         except (*RESOLVE_ERRORS, AttributeError):
             pass
         exists = partition in set(context.instance.get_dynamic_partitions(evaluations_partitions(spec).name))
@@ -473,7 +421,7 @@ def _baseline_changed(context, spec: EvalSpec, job_name: str, inputs: pipeline.E
 # -- definitions ------------------------------------------------------------------------------------------------------
 def build_automation(spec: EvalSpec, refresh_job, evaluate_job) -> dict:
     task = spec.task
-    interval = sensor_interval_seconds()
+    interval = load_settings(warn=False).sensor_interval_seconds
     partitions_name = versions_partitions(spec).name
     running = dg.DefaultSensorStatus.RUNNING
 

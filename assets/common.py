@@ -1,5 +1,5 @@
-"""Shared bits of the asset layer: building the engine's TaskContext from resources, asset keys and partitions per
-task, and the run-scoped inputs of an evaluation run."""
+"""Shared bits of the asset layer: building the engine's TaskContext from resources, the Dagster names of a task
+(asset keys, jobs, partitions, run tags), and the run-scoped inputs of an evaluation run."""
 
 import dagster as dg
 
@@ -10,6 +10,18 @@ from eval_pipeline.spec import EvalSpec
 from resources import LakeResource, SettingsResource
 
 RUN_INPUTS = "run_inputs"
+
+# Run tags: why a run happened and against what (set by the sensors, the schedule and the CLI).
+TAG_TRIGGER = "eval/trigger"
+TAG_TASK = "eval/task"
+TAG_MODEL = "eval/model"
+TAG_VERSION = "eval/version"
+TAG_SNAPSHOT = "eval/snapshot"
+TAG_NIGHT = "eval/night"
+TAG_FILES = "eval/files"
+TAG_ROLE = "eval/role"
+TAG_BASELINE = "eval/baseline"    # baseline version, "none" (no champion) or "monitoring" (the champion itself)
+TAG_EVIDENCE = "eval/evidence"    # content key of (candidate x baseline x snapshot x spec): the de-duplication key
 
 
 class RunInputsResource(dg.ConfigurableResource):
@@ -61,6 +73,16 @@ def key(spec: EvalSpec, name: str) -> dg.AssetKey:
     return dg.AssetKey([spec.task, name])
 
 
+def refresh_job_name(spec: EvalSpec) -> str:
+    """The job that refreshes the snapshot, validates it and computes drift."""
+    return f"{spec.task}__refresh"
+
+
+def evaluate_job_name(spec: EvalSpec) -> str:
+    """The job that evaluates one partition <version>@<snapshot_id>."""
+    return f"{spec.task}__evaluate"
+
+
 def versions_partitions(spec: EvalSpec) -> dg.DynamicPartitionsDefinition:
     """The versions the new-model sensor accepted (manifest valid, sha256 matching): the re-evaluation sensor's
     list of versions to consider. Not a partitioning of any asset."""
@@ -98,9 +120,3 @@ def run_snapshot(context, spec: EvalSpec, ctx: TaskContext) -> Snapshot:
         raise dg.Failure(description=f"task '{spec.task}': no dataset_snapshot was materialized (in this run or "
                                      f"before); materialize {snap_key.to_user_string()} first", allow_retries=False)
     return load_snapshot(ctx.lake, spec.task, snapshot_id)
-
-
-def md_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines)

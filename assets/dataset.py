@@ -3,16 +3,36 @@
 import dagster as dg
 
 from eval_pipeline import pipeline
+from eval_pipeline.markdown import md_table
 from eval_pipeline.spec import EvalSpec
 from resources import LakeResource, SettingsResource
 
-from .common import key, md_table, run_snapshot, task_context
+from .common import key, run_snapshot, task_context
 
 
 def build_dataset_assets(spec: EvalSpec) -> list:
-    task = spec.task
+    snapshot = _snapshot_asset(spec)
+    return [snapshot, _quality_check(spec, snapshot), _drift_asset(spec, snapshot)]
 
-    @dg.asset(key=key(spec, "dataset_snapshot"), group_name=task, kinds={"parquet"},
+
+def _snapshot_metadata(ctx: pipeline.TaskContext, snap) -> dict:
+    m = snap.manifest
+    return {
+        "snapshot_id": snap.snapshot_id,
+        "content_hash": m["content_hash"],
+        "dagster/row_count": m["rows"],
+        "path": dg.MetadataValue.path(ctx.lake.uri(snap.data_path)),
+        "time_range": " → ".join(str(t) for t in (m.get("time_range") or [])),
+        "source_files": len(m["source_files"]),
+        "sources": dg.MetadataValue.md(md_table(["file", "rows", "sha256"], [
+            [s["path"], s["rows"], s["sha256"][:16]] for s in m["source_files"]])),
+        "dagster/column_schema": dg.TableSchema(columns=[
+            dg.TableColumn(name, dtype) for name, dtype in m["schema"].items()]),
+    }
+
+
+def _snapshot_asset(spec: EvalSpec) -> dg.AssetsDefinition:
+    @dg.asset(key=key(spec, "dataset_snapshot"), group_name=spec.task, kinds={"parquet"},
               description=f"Versioned snapshot of everything landed under {spec.data.source}: content-hashed, "
                           "sorted, typed. Re-used when nothing new landed.")
     def dataset_snapshot(context: dg.AssetExecutionContext, lake: LakeResource,
@@ -21,28 +41,25 @@ def build_dataset_assets(spec: EvalSpec) -> list:
         snap = pipeline.refresh(ctx)
         m = snap.manifest
         context.log.info(f"snapshot {snap.snapshot_id}: {m['rows']} rows from {len(m['source_files'])} files")
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(snap.snapshot_id),
-            metadata={
-                "snapshot_id": snap.snapshot_id,
-                "content_hash": m["content_hash"],
-                "dagster/row_count": m["rows"],
-                "path": dg.MetadataValue.path(ctx.lake.uri(snap.data_path)),
-                "time_range": " → ".join(str(t) for t in (m.get("time_range") or [])),
-                "source_files": len(m["source_files"]),
-                "sources": dg.MetadataValue.md(md_table(["file", "rows", "sha256"], [
-                    [s["path"], s["rows"], s["sha256"][:16]] for s in m["source_files"]])),
-                "dagster/column_schema": dg.TableSchema(columns=[
-                    dg.TableColumn(name, dtype) for name, dtype in m["schema"].items()]),
-            })
+        return dg.MaterializeResult(data_version=dg.DataVersion(snap.snapshot_id),
+                                    metadata=_snapshot_metadata(ctx, snap))
 
-    @dg.asset_check(asset=dataset_snapshot, name="data_quality", blocking=True,
+    return dataset_snapshot
+
+
+def _this_runs_snapshot(context, spec: EvalSpec, lake: LakeResource, settings: SettingsResource):
+    """(TaskContext, the snapshot this run built): never latest.json, which another refresh may have moved."""
+    ctx = task_context(spec, lake, settings)
+    return ctx, run_snapshot(context, spec, ctx)
+
+
+def _quality_check(spec: EvalSpec, snapshot: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=snapshot, name="data_quality", blocking=True,
                     description="Great Expectations: schema, nulls, label domain, ranges, uniqueness, freshness, row "
                                 "count. Blocking: evaluation does not run on bad data.")
     def data_quality(context: dg.AssetCheckExecutionContext, lake: LakeResource,
                      settings: SettingsResource) -> dg.AssetCheckResult:
-        ctx = task_context(spec, lake, settings)
-        snap = run_snapshot(context, spec, ctx)  # this run's snapshot, not latest.json
+        ctx, snap = _this_runs_snapshot(context, spec, lake, settings)
         result = pipeline.validate(ctx, snap)
         for msg in result.failures():
             context.log.error(msg)
@@ -59,13 +76,16 @@ def build_dataset_assets(spec: EvalSpec) -> list:
                 "report": dg.MetadataValue.path(ctx.lake.uri(pipeline.quality_paths(ctx, snap)[1])),
             })
 
-    @dg.asset(key=key(spec, "drift_report"), group_name=task, deps=[dataset_snapshot], kinds={"evidently"},
+    return data_quality
+
+
+def _drift_asset(spec: EvalSpec, snapshot: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(key=key(spec, "drift_report"), group_name=spec.task, deps=[snapshot], kinds={"evidently"},
               description="Evidently data drift, reference window vs current window of the snapshot. HTML in the lake, "
                           "per-column summary here.")
     def drift_report(context: dg.AssetExecutionContext, lake: LakeResource,
                      settings: SettingsResource) -> dg.MaterializeResult:
-        ctx = task_context(spec, lake, settings)
-        snap = run_snapshot(context, spec, ctx)  # this run's snapshot, not latest.json
+        ctx, snap = _this_runs_snapshot(context, spec, lake, settings)
         if not spec.drift.enabled:
             return dg.MaterializeResult(metadata={"enabled": False})
         result = pipeline.drift(ctx, snap)
@@ -77,7 +97,7 @@ def build_dataset_assets(spec: EvalSpec) -> list:
             "drifted_columns": summary["n_drifted"],
             "share_drifted": float(summary["share_drifted"]),
             "columns": dg.MetadataValue.md(result.to_markdown()),
-            "html": dg.MetadataValue.path(ctx.lake.uri(f"drift/{task}/{snap.snapshot_id}/drift.html")),
+            "html": dg.MetadataValue.path(ctx.lake.uri(pipeline.drift_paths(ctx, snap)[1])),
         })
 
-    return [dataset_snapshot, data_quality, drift_report]
+    return drift_report

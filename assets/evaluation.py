@@ -12,16 +12,54 @@ champion yet) only absolute gates apply.
 import dagster as dg
 
 from eval_pipeline import pipeline, report
+from eval_pipeline.markdown import md_table
 from eval_pipeline.registry import RegistryError
 from eval_pipeline.scoring import ScoringError
 from eval_pipeline.snapshot import DataError
 from eval_pipeline.spec import EvalSpec
 from resources import LakeResource, SettingsResource
 
-from .common import RunInputsResource, evaluations_partitions, key, md_table, task_context
+from .common import RunInputsResource, evaluations_partitions, key, task_context
 from .common import run_inputs as inputs_of_run
 
 INPUT_ERRORS = (ScoringError, RegistryError, DataError, pipeline.EvaluationError)
+
+
+def build_evaluation_assets(spec: EvalSpec) -> list:
+    parts = evaluations_partitions(spec)
+    release_gates = _gates_asset(spec, parts)
+    return [_predictions_asset(spec, parts), _evaluation_asset(spec, parts), release_gates,
+            _gates_check(spec, release_gates), _report_asset(spec, parts), _promotion_asset(spec, parts)]
+
+
+def _partitioned_asset(spec: EvalSpec, parts: dg.PartitionsDefinition, name: str, deps: list, kinds: set[str],
+                       description: str, **kwargs):
+    """The decorator of one partitioned evaluation asset (one partition per evaluated version and snapshot)."""
+    return dg.asset(key=key(spec, name), group_name=spec.task, partitions_def=parts,
+                    deps=[key(spec, d) for d in deps], kinds=kinds, description=description, **kwargs)
+
+
+def _run_context(context, spec: EvalSpec, lake: LakeResource, settings: SettingsResource,
+                 run_inputs: RunInputsResource) -> tuple[pipeline.TaskContext, pipeline.EvalInputs]:
+    """The task and this run's own inputs (partition key and run config)."""
+    return task_context(spec, lake, settings), inputs_of_run(context, run_inputs)
+
+
+def _step(run):
+    """Run a pipeline step; bad input does not heal on a retry (a tampered file, a model that raises, an unvalidated
+    snapshot): fail once, clearly. Transient storage faults (OSError and friends) still get the retry policy."""
+    try:
+        return run()
+    except INPUT_ERRORS as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+
+
+def _inputs_metadata(ctx, inputs: pipeline.EvalInputs) -> dict:
+    return {"version": inputs.version, "snapshot_id": inputs.snapshot_id,
+            "baseline": f"{ctx.model_name}@{inputs.baseline}" if inputs.baseline else
+            ("none (monitoring)" if inputs.monitoring else "none (no champion: absolute gates only)"),
+            "baseline_sha256": inputs.baseline_sha256 or "",
+            "evidence": pipeline.evaluation_dir(ctx, inputs)}
 
 
 def _overall_table(metrics: dict) -> str:
@@ -44,38 +82,17 @@ def _overall_table(metrics: dict) -> str:
     return md_table(header, rows)
 
 
-def _input_failure(exc: Exception) -> dg.Failure:
-    # Bad input does not heal on a retry (a tampered file, a model that raises, an unvalidated snapshot): fail once,
-    # clearly. Transient storage faults (OSError and friends) still get the retry policy.
-    return dg.Failure(description=str(exc), allow_retries=False)
-
-
-def _inputs_metadata(ctx, inputs: pipeline.EvalInputs) -> dict:
-    return {"version": inputs.version, "snapshot_id": inputs.snapshot_id,
-            "baseline": f"{ctx.model_name}@{inputs.baseline}" if inputs.baseline else
-            ("none (monitoring)" if inputs.monitoring else "none (no champion: absolute gates only)"),
-            "baseline_sha256": inputs.baseline_sha256 or "",
-            "evidence": pipeline.evaluation_dir(ctx, inputs)}
-
-
-def build_evaluation_assets(spec: EvalSpec) -> list:
-    task = spec.task
-    parts = evaluations_partitions(spec)
-
-    @dg.asset(key=key(spec, "predictions"), group_name=task, partitions_def=parts, deps=[key(spec, "dataset_snapshot")],
-              kinds={"parquet"}, retry_policy=dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL),
-              description="Scores of the candidate version and of the recorded baseline on the evaluation rows of "
-                          "the partition's snapshot, in batches. Artifacts are loaded only after their sha256 "
-                          "matches both the manifest and the run's recorded sha256.")
+def _predictions_asset(spec: EvalSpec, parts: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @_partitioned_asset(spec, parts, "predictions", ["dataset_snapshot"], {"parquet"},
+                      retry_policy=dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL),
+                      description="Scores of the candidate version and of the recorded baseline on the evaluation "
+                                  "rows of the partition's snapshot, in batches. Artifacts are loaded only after "
+                                  "their sha256 matches both the manifest and the run's recorded sha256.")
     def predictions(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
                     run_inputs: RunInputsResource) -> dg.MaterializeResult:
-        ctx = task_context(spec, lake, settings)
-        inputs = inputs_of_run(context, run_inputs)
-        try:
-            snap = pipeline.run_snapshot(ctx, inputs)  # refused, never swapped, when it is not validated
-            scored = pipeline.score(ctx, snap, inputs)
-        except INPUT_ERRORS as exc:
-            raise _input_failure(exc) from exc
+        ctx, inputs = _run_context(context, spec, lake, settings, run_inputs)
+        # the run's own snapshot: refused, never swapped, when it is not validated
+        scored = _step(lambda: pipeline.score(ctx, pipeline.run_snapshot(ctx, inputs), inputs))
         for role, s in scored.items():
             how = "(cached)" if s["cached"] else f"in {s.get('seconds')} s"
             context.log.info(f"{role} {s['model']}@{s['version']}: {s['rows']} rows {how}")
@@ -87,20 +104,19 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
                 for role, s in scored.items()])),
         })
 
-    @dg.asset(key=key(spec, "evaluation"), group_name=task, partitions_def=parts, deps=[predictions], kinds={"python"},
-              description="Metrics overall and per slice with Poisson-bootstrap intervals, and paired "
-                          "candidate-minus-baseline deltas on the same resamples (skipped when the evidence set of "
-                          "these inputs is already complete).")
+    return predictions
+
+
+def _evaluation_asset(spec: EvalSpec, parts: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @_partitioned_asset(spec, parts, "evaluation", ["predictions"], {"python"},
+                      description="Metrics overall and per slice with Poisson-bootstrap intervals, and paired "
+                                  "candidate-minus-baseline deltas on the same resamples (skipped when the evidence "
+                                  "set of these inputs is already complete).")
     def evaluation(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
                    run_inputs: RunInputsResource) -> dg.MaterializeResult:
-        ctx = task_context(spec, lake, settings)
-        inputs = inputs_of_run(context, run_inputs)
+        ctx, inputs = _run_context(context, spec, lake, settings, run_inputs)
         reused = pipeline.evidence_complete(ctx, inputs)
-        try:
-            snap = pipeline.run_snapshot(ctx, inputs)
-            metrics = pipeline.compute_metrics(ctx, snap, inputs)
-        except INPUT_ERRORS as exc:
-            raise _input_failure(exc) from exc
+        metrics = _step(lambda: pipeline.compute_metrics(ctx, pipeline.run_snapshot(ctx, inputs), inputs))
         if reused:
             context.log.info(f"evidence {pipeline.evaluation_dir(ctx, inputs)} is complete: re-used, nothing written")
         slices = metrics["slices"]
@@ -116,38 +132,37 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
             "overall": dg.MetadataValue.md(_overall_table(metrics)),
         })
 
+    return evaluation
+
+
+def _report_asset(spec: EvalSpec, parts: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     # The report comes before the gates' result JSON: the result is written last and completes the evidence set,
     # and a FAIL is still explained (the blocking gates check stops promotion, not the report).
-    @dg.asset(key=key(spec, "decision_report"), group_name=task, partitions_def=parts,
-              deps=[evaluation, key(spec, "drift_report")], kinds={"html"},
-              description="The decision report: verdict, deciding gates, overall and slice tables, data quality, "
-                          "drift, reproducibility manifest. Markdown here, self-contained HTML in the lake. Written "
-                          "for every verdict (a FAIL needs explaining most).")
+    @_partitioned_asset(spec, parts, "decision_report", ["evaluation", "drift_report"], {"html"},
+                      description="The decision report: verdict, deciding gates, overall and slice tables, data "
+                                  "quality, drift, reproducibility manifest. Markdown here, self-contained HTML in "
+                                  "the lake. Written for every verdict (a FAIL needs explaining most).")
     def decision_report(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
                         run_inputs: RunInputsResource) -> dg.MaterializeResult:
-        ctx = task_context(spec, lake, settings)
-        inputs = inputs_of_run(context, run_inputs)
-        try:
-            out = pipeline.write_report(ctx, pipeline.run_snapshot(ctx, inputs), inputs)
-        except INPUT_ERRORS as exc:
-            raise _input_failure(exc) from exc
+        ctx, inputs = _run_context(context, spec, lake, settings, run_inputs)
+        out = _step(lambda: pipeline.write_report(ctx, pipeline.run_snapshot(ctx, inputs), inputs))
         context.log.info(f"report: {out['html_uri']}")
         return dg.MaterializeResult(metadata={**_inputs_metadata(ctx, inputs), "verdict": out["verdict"],
                                               "report": dg.MetadataValue.md(out["markdown"]),
                                               "html": dg.MetadataValue.path(out["html_uri"])})
 
-    @dg.asset(key=key(spec, "release_gates"), group_name=task, partitions_def=parts,
-              deps=[evaluation, decision_report], kinds={"python"},
-              description="Gates decided on the interval of the delta (non-inferiority) or of the value (absolute), "
-                          "with multiplicity control. Writes the result JSON, last: it completes the evidence set.")
+    return decision_report
+
+
+def _gates_asset(spec: EvalSpec, parts: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @_partitioned_asset(spec, parts, "release_gates", ["evaluation", "decision_report"], {"python"},
+                      description="Gates decided on the interval of the delta (non-inferiority) or of the value "
+                                  "(absolute), with multiplicity control. Writes the result JSON, last: it completes "
+                                  "the evidence set.")
     def release_gates(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
                       run_inputs: RunInputsResource) -> dg.MaterializeResult:
-        ctx = task_context(spec, lake, settings)
-        inputs = inputs_of_run(context, run_inputs)
-        try:
-            result = pipeline.decide(ctx, pipeline.run_snapshot(ctx, inputs), inputs)
-        except INPUT_ERRORS as exc:
-            raise _input_failure(exc) from exc
+        ctx, inputs = _run_context(context, spec, lake, settings, run_inputs)
+        result = _step(lambda: pipeline.decide(ctx, pipeline.run_snapshot(ctx, inputs), inputs))
         counts = result["gate_summary"].get("counts", {})
         context.log.info(f"verdict for {ctx.model_name}@{inputs.version}: {result['verdict']} {counts}")
         return dg.MaterializeResult(metadata={
@@ -160,13 +175,16 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
             "result_json": dg.MetadataValue.path(ctx.lake.uri(result["paths"]["result"])),
         })
 
+    return release_gates
+
+
+def _gates_check(spec: EvalSpec, release_gates: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=release_gates, name="gates_pass", blocking=True,
                     description="Blocking: a FAIL verdict stops promotion (and anything else downstream of the "
                                 "gates); INCONCLUSIVE warns.")
     def gates_pass(context: dg.AssetCheckExecutionContext, lake: LakeResource, settings: SettingsResource,
                    run_inputs: RunInputsResource) -> dg.AssetCheckResult:
-        ctx = task_context(spec, lake, settings)
-        inputs = inputs_of_run(context, run_inputs)
+        ctx, inputs = _run_context(context, spec, lake, settings, run_inputs)
         result = pipeline.load_result(ctx, inputs)
         verdict = result["verdict"]
         deciding = [g for g in result["gates"] if g["outcome"] == verdict and verdict != "PASS"]
@@ -181,15 +199,18 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
                           [g["metric"], g["slice"], g["outcome"], g.get("rule", "")] for g in deciding]) if deciding
                           else "none")})
 
-    @dg.asset(key=key(spec, "champion_promotion"), group_name=task, partitions_def=parts, deps=[release_gates],
-              kinds={"python"},
-              description="Opt-in (EVAL_PROMOTE_ON_PASS or monitoring.promote_on_pass): a PASSing candidate becomes "
-                          "champion, with an audit record — only if the champion is still the baseline it was "
-                          "evaluated against (compare-and-swap). Never on FAIL or INCONCLUSIVE.")
+    return gates_pass
+
+
+def _promotion_asset(spec: EvalSpec, parts: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @_partitioned_asset(spec, parts, "champion_promotion", ["release_gates"], {"python"},
+                      description="Opt-in (EVAL_PROMOTE_ON_PASS or monitoring.promote_on_pass): a PASSing candidate "
+                                  "becomes champion, with an audit record — only if the champion is still the "
+                                  "baseline it was evaluated against (compare-and-swap). Never on FAIL or "
+                                  "INCONCLUSIVE.")
     def champion_promotion(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
                            run_inputs: RunInputsResource) -> dg.MaterializeResult:
-        ctx = task_context(spec, lake, settings)
-        inputs = inputs_of_run(context, run_inputs)
+        ctx, inputs = _run_context(context, spec, lake, settings, run_inputs)
         result = pipeline.load_result(ctx, inputs)
         enabled = settings.promote_on_pass or spec.monitoring.promote_on_pass
         if result["mode"] != "release":
@@ -207,4 +228,4 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
         return dg.MaterializeResult(metadata={"promoted": True, "previous": str(record["previous"]),
                                               "promoted_at": record["promoted_at"]})
 
-    return [predictions, evaluation, release_gates, gates_pass, decision_report, champion_promotion]
+    return champion_promotion

@@ -94,9 +94,11 @@ def _first_error(run) -> str:
 
 def _built_snapshot(refresh_run, spec) -> str:
     """The snapshot id the refresh run materialized (its dataset_snapshot metadata)."""
+    from assets.common import key
+
     for event in refresh_run.get_asset_materialization_events():
         mat = event.event_specific_data.materialization
-        if mat.asset_key.path == [spec.task, "dataset_snapshot"]:
+        if mat.asset_key == key(spec, "dataset_snapshot"):
             return mat.metadata["snapshot_id"].value
     raise RuntimeError(f"the refresh run of '{spec.task}' materialized no dataset_snapshot")
 
@@ -110,6 +112,8 @@ def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagste
     from eval_pipeline.lake import Lake
     from eval_pipeline.registry import Registry, parse_ref, version_sort_key
     from assets.automation import baseline_tag, evaluation_request
+    from assets.common import (TAG_TASK, TAG_TRIGGER, evaluate_job_name, evaluations_partitions, refresh_job_name,
+                               versions_partitions)
     from eval_pipeline.spec import load_spec
     from resources import LakeResource, settings_resource
 
@@ -147,10 +151,9 @@ def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagste
     started = time.perf_counter()
     # 1. Refresh: builds and validates a snapshot. The evaluation then uses the snapshot THIS run built, not a
     #    pointer that a concurrent refresh (a sensor, another CLI) may have moved meanwhile.
-    _say(f"running {spec.task}__refresh")
-    refresh = defs.resolve_job_def(f"{spec.task}__refresh").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=run_config,
-        tags={"eval/trigger": "cli", "eval/task": spec.task})
+    _say(f"running {refresh_job_name(spec)}")
+    refresh = defs.resolve_job_def(refresh_job_name(spec)).execute_in_process(
+        instance=instance, raise_on_error=False, run_config=run_config, tags={TAG_TRIGGER: "cli", TAG_TASK: spec.task})
     if not refresh.success:
         if any(not e.passed for e in refresh.get_asset_check_evaluations()):
             _say("data quality FAILED: the evaluation is blocked (see messages above)")
@@ -162,10 +165,10 @@ def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagste
     # 2. The inputs, resolved once (the champion now is the baseline, with its sha256), travel in the run config.
     inputs = pipeline.resolve_inputs(ctx, version, snapshot_id)
     request = evaluation_request(spec, lake, inputs, "cli", None, run_config)
-    instance.add_dynamic_partitions(f"{spec.task}__versions", [version])
-    instance.add_dynamic_partitions(f"{spec.task}__evaluations", [inputs.partition_key])
-    _say(f"running {spec.task}__evaluate [partition {inputs.partition_key}, baseline {baseline_tag(inputs)}]")
-    run = defs.resolve_job_def(f"{spec.task}__evaluate").execute_in_process(
+    instance.add_dynamic_partitions(versions_partitions(spec).name, [version])
+    instance.add_dynamic_partitions(evaluations_partitions(spec).name, [inputs.partition_key])
+    _say(f"running {evaluate_job_name(spec)} [partition {inputs.partition_key}, baseline {baseline_tag(inputs)}]")
+    run = defs.resolve_job_def(evaluate_job_name(spec)).execute_in_process(
         instance=instance, partition_key=request.partition_key, raise_on_error=False, run_config=request.run_config,
         tags=request.tags)
     if not run.success:
@@ -268,7 +271,7 @@ def cmd_promote(args) -> int:
             raise ValueError("--by and --reason go with --initial; a promotion's evidence is its evaluation")
         record = pipeline.promote(ctx, pipeline.result_for_promotion(ctx, args.version, args.snapshot))
     _say(f"{spec.model.name}@{args.version} is now the champion (previous: {record['previous'] or 'none'}); "
-         f"audit record written under {lake.uri(f'registry/{spec.model.name}/promotions')}")
+         f"audit record written under {lake.uri(ctx.registry.promotions_dir(spec.model.name))}")
     print(json.dumps(record, indent=2))
     return 0
 

@@ -10,7 +10,7 @@ import dagster as dg
 
 from assets import build_task_assets
 from assets.automation import build_automation
-from assets.common import RUN_INPUTS, RunInputsResource
+from assets.common import RUN_INPUTS, RunInputsResource, evaluate_job_name, key, refresh_job_name
 from resources import resources_from_env
 
 from .settings import load_settings
@@ -42,15 +42,12 @@ def load_specs() -> list[EvalSpec]:
 
 
 def task_jobs(spec: EvalSpec) -> list:
-    prefix = spec.task
+    dataset = dg.AssetSelection.assets(key(spec, "dataset_snapshot"), key(spec, "drift_report"))
     refresh = dg.define_asset_job(
-        f"{prefix}__refresh",
-        selection=dg.AssetSelection.assets([prefix, "dataset_snapshot"], [prefix, "drift_report"]),
+        refresh_job_name(spec), selection=dataset,
         description="Refresh the snapshot from the landing zone, validate it (blocking) and compute drift.")
     evaluate = dg.define_asset_job(
-        f"{prefix}__evaluate",
-        selection=dg.AssetSelection.groups(prefix) - dg.AssetSelection.assets(
-            [prefix, "dataset_snapshot"], [prefix, "drift_report"]),
+        evaluate_job_name(spec), selection=dg.AssetSelection.groups(spec.task) - dataset,
         description="Score, measure, report, gate (and optionally promote) one model version on one snapshot (a "
                     "partition <version>@<snapshot_id>) against the baseline recorded in the run config.")
     return [refresh, evaluate]

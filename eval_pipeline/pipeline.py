@@ -27,7 +27,7 @@ from importlib import metadata
 from .lake import Lake, LakeError
 from .registry import ModelManifest, Registry
 from .scoring import predictions_path, score_columns, score_model
-from .snapshot import DataError, Snapshot, eval_rows, load_snapshot, read_window, refresh_snapshot
+from .snapshot import DataError, Snapshot, eval_rows, latest_pointer, load_snapshot, read_window, refresh_snapshot
 from .spec import EvalSpec, spec_text_from
 
 PACKAGES = ("eval-pipeline", "dagster", "pandas", "numpy", "pyarrow", "scikit-learn", "great-expectations",
@@ -72,9 +72,23 @@ def refresh(ctx: TaskContext) -> Snapshot:
     return refresh_snapshot(ctx.lake, ctx.spec)
 
 
-def quality_paths(ctx: TaskContext, snap: Snapshot) -> tuple[str, str]:
-    base = f"quality/{ctx.task}/{snap.snapshot_id}"
+def quality_paths(ctx: TaskContext, snap: Snapshot | str) -> tuple[str, str]:
+    """The data-quality result (JSON) and report (HTML) of a snapshot (or a snapshot id)."""
+    base = f"quality/{ctx.task}/{snap if isinstance(snap, str) else snap.snapshot_id}"
     return f"{base}/result.json", f"{base}/report.html"
+
+
+def validated_pointer(ctx: TaskContext) -> str:
+    """The pointer to the newest snapshot that passed data quality."""
+    return f"snapshots/{ctx.task}/validated.json"
+
+
+def latest_snapshot_id(ctx: TaskContext) -> str | None:
+    """The newest snapshot (validated or not); None when there is none yet or its pointer is unreadable."""
+    try:
+        return ctx.lake.read_json(latest_pointer(ctx.task))["snapshot_id"]
+    except (FileNotFoundError, LakeError, KeyError, TypeError):
+        return None
 
 
 def validate(ctx: TaskContext, snap: Snapshot):
@@ -88,7 +102,7 @@ def validate(ctx: TaskContext, snap: Snapshot):
     ctx.lake.write_json(json_rel, result.to_dict())
     ctx.lake.write_text(html_rel, render_html(result))
     if result.success:
-        ctx.lake.write_json(f"snapshots/{ctx.task}/validated.json", {"snapshot_id": snap.snapshot_id})
+        ctx.lake.write_json(validated_pointer(ctx), {"snapshot_id": snap.snapshot_id})
     return result
 
 
@@ -98,7 +112,7 @@ def snapshot_for_evaluation(ctx: TaskContext) -> tuple[Snapshot, str]:
     A bad delivery of data must not stop a model from being evaluated on the last good data, and must never be
     evaluated itself."""
     latest = load_snapshot(ctx.lake, ctx.task)
-    pointer = f"snapshots/{ctx.task}/validated.json"
+    pointer = validated_pointer(ctx)
     if not ctx.lake.exists(pointer):
         require_quality_passed(ctx, latest)  # raises with the reason (not validated yet / failed)
         return latest, ""
@@ -109,9 +123,12 @@ def snapshot_for_evaluation(ctx: TaskContext) -> tuple[Snapshot, str]:
                        f"evaluating on the last validated snapshot {validated.snapshot_id}")
 
 
-def quality_passed(ctx: TaskContext, snapshot_id: str) -> bool:
-    rel = f"quality/{ctx.task}/{snapshot_id}/result.json"
-    return ctx.lake.exists(rel) and bool(ctx.lake.read_json(rel).get("success"))
+def quality_status(ctx: TaskContext, snapshot_id: str) -> bool | None:
+    """True/False: whether the snapshot passed data quality; None: not validated yet (or its result is unreadable)."""
+    try:
+        return bool(ctx.lake.read_json(quality_paths(ctx, snapshot_id)[0]).get("success"))
+    except (FileNotFoundError, LakeError, AttributeError):
+        return None
 
 
 def require_quality_passed(ctx: TaskContext, snap: Snapshot) -> dict:
@@ -130,6 +147,12 @@ def require_quality_passed(ctx: TaskContext, snap: Snapshot) -> dict:
 
 
 # -- drift -----------------------------------------------------------------------------------------------------------
+def drift_paths(ctx: TaskContext, snap: Snapshot) -> tuple[str, str]:
+    """The drift summary (JSON) and Evidently's report (HTML) of a snapshot."""
+    base = f"drift/{ctx.task}/{snap.snapshot_id}"
+    return f"{base}/drift.json", f"{base}/drift.html"
+
+
 def drift(ctx: TaskContext, snap: Snapshot):
     from .drift import compute_drift
 
@@ -146,9 +169,9 @@ def drift(ctx: TaskContext, snap: Snapshot):
                            threshold=spec.drift.threshold, drift_share=spec.drift.drift_share,
                            max_rows=spec.drift.max_rows, seed=spec.evaluation.seed,
                            title=f"{spec.task}: drift, reference vs current")
-    base = f"drift/{ctx.task}/{snap.snapshot_id}"
-    ctx.lake.write_json(f"{base}/drift.json", result.to_dict())
-    ctx.lake.write_text(f"{base}/drift.html", result.html)
+    json_rel, html_rel = drift_paths(ctx, snap)
+    ctx.lake.write_json(json_rel, result.to_dict())
+    ctx.lake.write_text(html_rel, result.html)
     return result
 
 
@@ -467,10 +490,6 @@ def _baseline_words(ctx: TaskContext, baseline: str | None) -> str:
     return f"{ctx.model_name}@{baseline}" if baseline else "no baseline"
 
 
-def history(ctx: TaskContext) -> list[dict]:
-    return [ctx.lake.read_json(p) for p in ctx.lake.ls(f"history/{ctx.task}/{ctx.model_name}")]
-
-
 def results_of(ctx: TaskContext, version: str) -> list[dict]:
     """Every complete evaluation of a version in the lake (any snapshot, baseline or spec), oldest snapshot first."""
     out = []
@@ -517,7 +536,7 @@ def promotion_lock(ctx: TaskContext, wait_seconds: float = 15.0):
     """Serialise promotions of one model (the compare and the swap happen under it): an exclusively created lock
     object in the registry (O_EXCL locally, a conditional PUT on S3), removed afterwards; a stale one (crashed
     holder, older than PROMOTION_LOCK_SECONDS) is broken."""
-    rel = f"registry/{ctx.model_name}/promotion.lock"
+    rel = ctx.registry.promotion_lock_path(ctx.model_name)
     deadline = time.monotonic() + wait_seconds
     body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "at": time.time()}).encode()
     while not ctx.lake.create_exclusive(rel, body):

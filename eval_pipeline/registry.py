@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .lake import Lake, LakeError
+from .spec import NAME_RE
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -42,7 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover
 REGISTRY_PREFIX = "registry"
 MANIFEST = "manifest.json"
 FLAVORS = ("sklearn-skops", "sklearn-joblib", "predictions")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class RegistryError(ValueError):
@@ -51,7 +51,7 @@ class RegistryError(ValueError):
 
 def check_name(kind: str, value: str) -> str:
     """Model names and versions become folder names: refuse anything that could escape the registry."""
-    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+    if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
         raise RegistryError(f"{kind} {value!r} is not allowed: use letters, digits, '_', '-', '.' "
                             f"(no '/', '..', spaces or absolute paths), at most 64 characters")
     return value
@@ -285,26 +285,40 @@ class Registry:
         self.prefix = prefix
 
     # -- paths ---------------------------------------------------------------------------------------------------
+    def model_dir(self, name: str) -> str:
+        return f"{self.prefix}/{check_name('model name', name)}"
+
     def version_dir(self, name: str, version: str) -> str:
-        return f"{self.prefix}/{check_name('model name', name)}/{check_name('model version', version)}"
+        return f"{self.model_dir(name)}/{check_name('model version', version)}"
 
     def manifest_path(self, name: str, version: str) -> str:
         return f"{self.version_dir(name, version)}/{MANIFEST}"
 
+    def champion_path(self, name: str) -> str:
+        return f"{self.model_dir(name)}/champion.json"
+
+    def promotions_dir(self, name: str) -> str:
+        """The audit trail: one record per promotion."""
+        return f"{self.model_dir(name)}/promotions"
+
+    def promotion_lock_path(self, name: str) -> str:
+        """Held while a promotion of the model compares and swaps its champion (eval_pipeline.pipeline)."""
+        return f"{self.model_dir(name)}/promotion.lock"
+
     # -- listing -------------------------------------------------------------------------------------------------
     def model_names(self) -> list[str]:
         names = [p.rsplit("/", 1)[-1] for p in self.lake.ls(self.prefix)]
-        return [n for n in names if _NAME.match(n)]
+        return [n for n in names if NAME_RE.match(n)]
 
     def scan(self, name: str | None = None) -> list[dict]:
         """Every version folder with its state: complete (manifest present), incomplete (no manifest yet)."""
         out = []
         for model in [name] if name else self.model_names():
-            for entry in self.lake.ls(f"{self.prefix}/{model}", detail=True):
+            for entry in self.lake.ls(self.model_dir(model), detail=True):
                 if entry.get("type") != "directory":
                     continue
                 version = entry["rel"].rsplit("/", 1)[-1]
-                if version == "promotions" or not _NAME.match(version):
+                if version == "promotions" or not NAME_RE.match(version):
                     continue
                 complete = self.lake.exists(f"{entry['rel']}/{MANIFEST}")
                 out.append({"name": model, "version": version, "complete": complete})
@@ -382,7 +396,7 @@ class Registry:
 
     # -- champion and promotion ----------------------------------------------------------------------------------
     def champion(self, name: str) -> str | None:
-        path = f"{self.prefix}/{check_name('model name', name)}/champion.json"
+        path = self.champion_path(name)
         if not self.lake.exists(path):
             return None
         return check_name("champion version", self.lake.read_json(path)["version"])
@@ -394,13 +408,13 @@ class Registry:
         record = {"model": name, "version": version, "previous": self.champion(name),
                   "promoted_at": now.isoformat(), "reason": reason, "evidence": evidence or {}}
         stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
-        self.lake.write_json(f"{self.prefix}/{name}/promotions/{stamp}-{version}.json", record)
-        self.lake.write_json(f"{self.prefix}/{name}/champion.json",
+        self.lake.write_json(f"{self.promotions_dir(name)}/{stamp}-{version}.json", record)
+        self.lake.write_json(self.champion_path(name),
                              {"version": version, "promoted_at": record["promoted_at"]})
         return record
 
     def promotions(self, name: str) -> list[dict]:
-        return [self.lake.read_json(p) for p in self.lake.ls(f"{self.prefix}/{name}/promotions")]
+        return [self.lake.read_json(p) for p in self.lake.ls(self.promotions_dir(name))]
 
 
 def register_file(lake: Lake, name: str, version: str, artifact_path: str | Path, *, flavor: str,

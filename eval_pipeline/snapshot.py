@@ -187,7 +187,7 @@ def build_snapshot(lake: Lake, spec: EvalSpec, files: list[dict], where: str, ex
             **(extra or {}),
         }
         lake.write_json(f"{snap_folder}/manifest.json", manifest)
-    lake.write_json(f"snapshots/{spec.task}/latest.json", {"snapshot_id": snapshot_id})
+    lake.write_json(latest_pointer(spec.task), {"snapshot_id": snapshot_id})
     return Snapshot(spec.task, snapshot_id, manifest)
 
 
@@ -201,9 +201,14 @@ def _reusable_manifest(lake: Lake, folder: str) -> dict | None:
     return manifest if hashlib.sha256(data).hexdigest() == manifest.get("data_sha256") else None
 
 
+def latest_pointer(task: str) -> str:
+    """The pointer to a task's newest snapshot, replaced atomically once that snapshot is complete."""
+    return f"snapshots/{task}/latest.json"
+
+
 def load_snapshot(lake: Lake, task: str, snapshot_id: str | None = None) -> Snapshot:
     if snapshot_id is None:
-        pointer = f"snapshots/{task}/latest.json"
+        pointer = latest_pointer(task)
         if not lake.exists(pointer):
             raise DataError(f"task '{task}' has no snapshot yet in {lake.root}; run the dataset refresh first")
         snapshot_id = lake.read_json(pointer)["snapshot_id"]
