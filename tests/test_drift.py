@@ -211,7 +211,7 @@ MAX_ABS_DIFF = {}
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered in subtract")  # Evidently's Dataset stats on +-inf
-@pytest.mark.parametrize("n_ref,n_cur", [(600, 500), (1001, 700), (3000, 2500)])
+@pytest.mark.parametrize("n_ref,n_cur", [(600, 500), (1001, 700), (3000, 2500), (60_000, 55_000)])
 def test_full_scale_scores_equal_the_preset_column_by_column(n_ref, n_cur):
     ref, cur = mixed_frames(n_ref, n_cur, seed=n_ref)
     if n_ref == 1001:  # 1001 rows, one missing in 'cont': 1000 scored -> Evidently picks K-S there, not Wasserstein
@@ -235,7 +235,7 @@ def test_full_scale_scores_equal_the_preset_column_by_column(n_ref, n_cur):
     elif n_ref == 1001:
         assert methods["cont"] == "ks" and methods["cont_gaps"] == "ks"  # 1001 - 1 and 1001 - ~23 missing rows
         assert methods["many_ints"] == "wasserstein" and methods["flag"] == "jensenshannon"
-    else:
+    else:  # (60k rows: integer-valued columns are sorted by counting before Wasserstein)
         assert methods == {"cont": "wasserstein", "cont_gaps": "wasserstein", "many_ints": "wasserstein",
                            "four_vals": "jensenshannon", "two_vals": "jensenshannon", "carrier": "jensenshannon",
                            "flag": "jensenshannon", "code": "jensenshannon"}
@@ -416,3 +416,14 @@ def test_html_is_built_from_a_stated_bounded_sample():
     # Evidently's report has the preset's columns and the prediction's ValueDrift
     cols = {m["config"].get("column") for m in r.evidently_result["metrics"] if m["config"]["type"].endswith("ValueDrift")}
     assert cols == {"shifted", "carrier", "score"}
+
+
+def test_sorting_shortcut_gives_numpys_sorted_array():
+    from eval_pipeline.drift_methods import _sorted
+
+    rng = np.random.default_rng(1)
+    cases = [rng.integers(-50, 3000, 80_000).astype(float), rng.normal(0, 1, 80_000),
+             np.r_[rng.integers(0, 9, 60_000).astype(float), 2.0 ** 60],  # range too wide: np.sort
+             np.r_[rng.integers(0, 9, 60_000).astype(float), 0.5]]  # not integer-valued: np.sort
+    for a in cases:
+        assert np.array_equal(_sorted(a), np.sort(a))
