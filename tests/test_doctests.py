@@ -10,6 +10,9 @@ MODULES = [
     "eval_pipeline.quality",
     "eval_pipeline.jsonsafe",
     "eval_pipeline.drift",
+    "eval_pipeline.engine.evaluate",
+    "eval_pipeline.engine.gates",
+    "eval_pipeline.engine.exact",
 ]
 
 

@@ -5,12 +5,21 @@ Public API: :func:`evaluate`, :class:`SliceConfig`, :class:`EvaluationResult`, :
 (CombineFn-style) pieces :func:`make_combiner` / :func:`evaluate_accumulator`.
 This package does not import dagster.
 
+Layout (imports run one way, top to bottom): ``evaluate`` (entry point, result) -> the metric families
+``binary`` / ``multiclass`` / ``regression`` (each a :class:`.accumulate.Family`: create / add / merge / finish /
+compute) -> ``accumulate`` (the generic combiner: atoms, slice values, merge) and ``slices``; the binary family's
+parts ``binary_cells`` (its store and bootstrap cells), ``storage`` / ``spill`` (where its sorted runs and row pieces
+live: memory or disk), ``binary_stats`` (exact statistics of sorted scores) and ``score_cells``; at the bottom
+``columns`` (input checking), ``exact``, ``bootstrap``, ``catalogue`` (the metrics), ``config``, ``errors``.
+``gates`` decides release gates on a result.
+
 What is exact and what is approximated
 --------------------------------------
 Exact (to floating-point rounding, checked against scikit-learn to 1e-9 in tests/engine):
   every point estimate — count metrics from integer counts; ROC AUC from the integer Mann-Whitney U over the sorted
-  distinct scores (ties count 1/2); average precision from the same sorted scores; log loss, Brier, ECE, regression
-  errors from sums taken in a canonical (sorted) row order; multiclass metrics from exact confusion counts.
+  distinct scores (ties count 1/2); average precision from the same sorted scores; log loss, Brier and ECE
+  from exact, order-free sums (``.exact.ExactSum``: correctly rounded); regression errors from sums taken in a
+  canonical (sorted) row order; multiclass metrics from exact confusion counts.
   Results are bit-identical whatever the chunking, row order or number of worker threads.
 Bootstrap (Poisson, seeded, reproducible bit for bit):
   - binary: count metrics and ECE from cells (atom, label, fixed score-grid bin of each paired model) whose edges

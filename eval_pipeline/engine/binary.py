@@ -25,76 +25,49 @@ import scipy.sparse as sp
 
 from . import bootstrap as bs
 from . import score_cells
-from .exact import ExactSum, add_grouped, exact_sum
-from .spill import load_rows
-
-COUNT_METRICS = ("accuracy", "precision", "recall", "f1", "specificity", "balanced_accuracy")
-SCORE_METRICS = ("roc_auc", "average_precision", "log_loss", "brier", "ece")
-EPS = np.finfo(np.float64).eps
-
-
-def _div(a, b):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+from .accumulate import Family
+from .binary_cells import BinaryStore, add_rows, finish_store, merge_stores
+from .binary_stats import count_metrics, hist_metrics, undefined_reason
+from .catalogue import BINARY
+from .columns import check_probabilities, column, float_array, float_bits, raise_bad
+from .exact import ExactSum, exact_sum
+from .score_cells import Q_BR, Q_LL, Q_S
 
 
-def count_metrics(tp, fp, tn, fn) -> dict:
-    """All count metrics from (arrays of) the confusion counts; NaN where undefined."""
-    P, N = tp + fn, tn + fp
-    rec, spec = _div(tp, P), _div(tn, N)
-    return {
-        "accuracy": _div(tp + tn, P + N),
-        "precision": _div(tp, tp + fp),
-        "recall": rec,
-        "f1": _div(2 * tp, 2 * tp + fp + fn),
-        "specificity": spec,
-        "balanced_accuracy": np.where((P > 0) & (N > 0), (rec + spec) / 2, np.nan),
-    }
+class BinaryFamily(Family):
+    """Binary classification: labels 0/1, one probability column per model (role)."""
 
+    task_type = BINARY
 
-def undefined_reason(metric: str, n: int, P: int, tp: int, fp: int) -> str | None:
-    N = n - P
-    if n == 0:
-        return "empty slice"
-    if metric in ("precision",) and tp + fp == 0:
-        return "no predicted positives at the threshold (tp + fp = 0)"
-    if metric in ("recall", "average_precision") and P == 0:
-        return "no positive labels in the slice"
-    if metric == "f1" and P == 0 and tp + fp == 0:
-        return "no positive labels and no predicted positives"
-    if metric == "specificity" and N == 0:
-        return "no negative labels in the slice"
-    if metric in ("balanced_accuracy", "roc_auc") and (P == 0 or N == 0):
-        return "single-class slice (needs both labels)"
-    return None
+    def create(self, config):
+        return BinaryStore()
 
+    def read(self, config, batch, offset):
+        y = float_array(column(batch, config.label), config.label, offset)
+        bad = ~((y == 0) | (y == 1))
+        if bad.any():
+            raise_bad(config.label, "binary labels 0/1 (or bool)", bad, y, offset)
+        rows = {"label": y.astype(np.int8)}
+        for role in config.roles:
+            name = config.pred_columns[role]
+            col = column(batch, name)
+            p = float_array(col, name, offset)
+            check_probabilities(p, name, offset, role, "scores")
+            rows[f"score:{role}"] = p + 0.0  # -0.0 -> 0.0 so bit patterns sort like values
+            rows[f"bits:{role}"] = float_bits(col)
+        return rows
 
-def hist_metrics(pos, neg, tb, ll, br, ysum_e, ssum_e) -> dict:
-    """Metrics from weighted histograms. pos/neg: (..., G) weights per score bin (ascending); tb: first predicted-
-    positive bin; ll/br: (...) weighted loss sums; ysum_e/ssum_e: (..., E) per ECE bin."""
-    P = pos.sum(-1)
-    N = neg.sum(-1)
-    n = P + N
-    tp = pos[..., tb:].sum(-1)
-    fp = neg[..., tb:].sum(-1)
-    out = count_metrics(tp, fp, N - fp, P - tp)
-    negbelow = np.cumsum(neg, -1) - neg
-    out["roc_auc"] = _div((pos * (negbelow + 0.5 * neg)).sum(-1), P * N)
-    tp_ge = np.cumsum(pos[..., ::-1], -1)[..., ::-1]
-    tot_ge = tp_ge + np.cumsum(neg[..., ::-1], -1)[..., ::-1]
-    out["average_precision"] = _div((pos * _div(tp_ge, tot_ge)).sum(-1, where=pos > 0), P) if pos.size else np.nan
-    out["log_loss"] = _div(ll, n)
-    out["brier"] = _div(br, n)
-    out["ece"] = _div(np.abs(ysum_e - ssum_e).sum(-1), n)
-    return out
+    def add(self, config, store, rows):
+        add_rows(config, store, rows)
 
+    def merge(self, config, out, store, lut):
+        merge_stores(config, out, store, lut)
 
-def _slice_keys(merged, role, atoms):
-    runs = merged.runs.get(role, {})
-    parts = [x for aid in atoms for x in runs.get(int(aid), [])]
-    if not parts:
-        return np.zeros(0, np.int64)
-    return np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0]
+    def finish(self, config, store, merged, lut):
+        finish_store(config, store, merged, lut)
+
+    def compute(self, merged, slices, **kw):
+        return compute(merged, slices, threshold=merged.config.threshold, ece_bins=merged.config.ece_bins, **kw)
 
 
 def role_precision(merged, role):
@@ -102,185 +75,100 @@ def role_precision(merged, role):
     float32 scores are compared with float32(threshold) (numpy's ``s >= t``) and clipped with float32's machine
     epsilon (``sklearn.metrics.log_loss``). Scores are float64 unless every batch delivered them narrower."""
     ftype = {16: np.float16, 32: np.float32}.get(merged.score_bits.get(role, 64), np.float64)
-    return float(ftype(merged.spec.threshold)), float(np.finfo(ftype).eps)
+    return float(ftype(merged.config.threshold)), float(np.finfo(ftype).eps)
 
 
-def _atom_stats(s, y, threshold, ece_edges, eps=EPS):
-    """Additive exact statistics of one atom (rows sorted by (score, label)); loss and score sums are
-    :class:`.exact.ExactSum` (exact, so they do not depend on the order or grouping of rows)."""
-    n = s.size
-    P = int(np.count_nonzero(y))
-    idx = int(np.searchsorted(s, threshold, side="left"))
-    fn = int(np.count_nonzero(y[:idx]))
-    p1 = np.where(y == 1, s, 1 - s)
-    E = ece_edges.size - 1
-    bounds = np.concatenate([[0], np.searchsorted(s, ece_edges[1:-1], side="left"), [n]])
-    ysum = np.diff(np.concatenate([[0], np.cumsum(y, dtype=np.int64)])[bounds]).astype(np.float64)
-    ssum = [ExactSum() for _ in range(E)]
-    add_grouped(ssum, s, np.repeat(np.arange(E), np.diff(bounds)))
-    return {"n": n, "P": P, "tp": P - fn, "fp": (n - idx) - (P - fn),
-            "ll": ExactSum().add(-np.log(np.clip(p1, eps, 1 - eps))), "br": ExactSum().add((s - y) ** 2),
-            "ysum": ysum, "ssum": ssum}
+def _slice_values(stats: list, n_ece_bins: int):
+    """(metric -> value, n, P, tp, fp) of a slice from the exact statistics of its atoms (rank metrics NaN here)."""
+    n = sum(x["n"] for x in stats)
+    P = sum(x["P"] for x in stats)
+    tp = sum(x["tp"] for x in stats)
+    fp = sum(x["fp"] for x in stats)
+    v = {k: float(x) for k, x in count_metrics(*(np.array(c, dtype=np.float64)
+                                                  for c in (tp, fp, n - P - fp, P - tp))).items()}
+    if n:
+        v["log_loss"] = ExactSum.total(x["ll"] for x in stats).value() / n
+        v["brier"] = ExactSum.total(x["br"] for x in stats).value() / n
+        ysum = np.sum([x["ysum"] for x in stats], axis=0)  # integer counts: exact
+        ssum = np.array([ExactSum.total(x["ssum"][e] for x in stats).value() for e in range(n_ece_bins)])
+        v["ece"] = exact_sum(np.abs(ysum - ssum)) / n
+    else:
+        v["log_loss"] = v["brier"] = v["ece"] = np.nan
+    v["roc_auc"] = v["average_precision"] = np.nan
+    return v, n, P, tp, fp
 
 
-_CHUNK = 1 << 20
+def _point_estimates(merged, role, atom_in, metrics, threshold, eps, ece_edges):
+    """Exact values, undefined reasons and positive counts per slice of one model. Consumes the model's runs."""
+    S = atom_in.shape[1]
+    n_atoms = len(merged.atom_values)
+    vals = {m: np.full(S, np.nan) for m in metrics}
+    why = {m: [None] * S for m in metrics}
+    npos = np.zeros(S, dtype=np.int64)
+    scores = merged.config.storage.role_scores(merged.runs.pop(role, {}), n_atoms)
+    stats = [scores.atom_stats(aid, threshold, ece_edges, eps) for aid in range(n_atoms)]
+    want_rank = any(m in metrics for m in ("roc_auc", "average_precision"))
+    for j in range(S):
+        atoms = np.flatnonzero(atom_in[:, j])
+        v, n, P, tp, fp = _slice_values([stats[int(a)] for a in atoms], ece_edges.size - 1)
+        if want_rank and n:
+            v["roc_auc"], v["average_precision"] = scores.rank_metrics(atoms, n, P)
+        npos[j] = P
+        for m in metrics:
+            vals[m][j] = v[m]
+            why[m][j] = undefined_reason(m, n, P, tp, fp) if np.isnan(v[m]) else None
+    return vals, why, npos
 
 
-def _label_bits(key):
-    if np.little_endian:
-        return key.view(np.uint8)[::8] & 1  # the low byte of each key, without an int64 temporary
-    return (key & 1).astype(np.uint8)
-
-
-def _has_score_ties(key) -> bool:
-    for a in range(0, key.size - 1, _CHUNK):
-        k = key[a:a + _CHUNK + 1]
-        if np.any((k[1:] >> 1) == (k[:-1] >> 1)):
-            return True
-    return False
-
-
-def _rank_metrics_keys(key):
-    """ROC AUC and AP from sorted (score, label) keys; the tie-free fast path works in bounded chunks."""
-    n = key.size
-    if n == 0 or _has_score_ties(key):
-        return _rank_metrics((key >> 1).view(np.float64), (key & 1).astype(np.int8))
-    pos_idx = np.flatnonzero(_label_bits(key))
-    P = int(pos_idx.size)
-    N = n - P
-    auc = ap = np.nan
-    if P:
-        # no tied scores: U = sum of positive positions - P (P - 1) / 2; AP from each positive's own threshold
-        if N:
-            u = int(pos_idx.sum(dtype=np.int64)) - P * (P - 1) // 2
-            auc = u / (P * N)
-        tot = 0.0
-        for a in range(0, P, _CHUNK):
-            pi = pos_idx[a:a + _CHUNK]
-            tot += float(np.sum((P - np.arange(a, a + pi.size)) / (n - pi)))
-        ap = tot / P
-    return auc, ap
-
-
-def _rank_metrics(s, y):
-    """Exact ROC AUC (integer Mann-Whitney U) and average precision of rows sorted by (score, label)."""
-    n = s.size
-    pos_idx = np.flatnonzero(y)
-    P = int(pos_idx.size)
-    N = n - P
-    auc = ap = np.nan
-    cumy = np.cumsum(y, dtype=np.int64)
-    if n and P:
-        ends = np.append(np.flatnonzero(s[1:] != s[:-1]), n - 1)
-        cp = cumy[ends]
-        cn = ends + 1 - cp
-        pos_g = np.diff(cp, prepend=0)
-        neg_g = np.diff(cn, prepend=0)
-        if N:
-            auc = int(np.sum(pos_g * (2 * (cn - neg_g) + neg_g))) / (2 * P * N)
-        has = pos_g > 0
-        tp_ge = P - (cp - pos_g)
-        tot_ge = n - (ends + 1 - (pos_g + neg_g))
-        ap = float(np.sum(pos_g[has] * (tp_ge[has] / tot_ge[has]))) / P
-    return auc, ap
+def _replicates(merged, families, atom_in, n_s, values, metrics, role_thr, role_eps, ece_edges, n_boot, seed):
+    """role -> metric -> (B, S) recentred replicates: count metrics and ECE from the grid cells, score metrics from
+    the per-slice cells (:mod:`.score_cells`). Consumes the row pieces."""
+    grid_metrics = [m for m in metrics if m not in score_cells.METRICS]
+    cell_metrics = [m for m in metrics if m in score_cells.METRICS]
+    reps = {}
+    for fam_idx, fam in enumerate(families):
+        fam_reps = {r: {} for r in fam}
+        if grid_metrics:
+            got = _bootstrap_family(fam_idx, fam, merged, atom_in, values, grid_metrics, role_thr, ece_edges,
+                                    n_boot, seed)
+            for r in got:
+                fam_reps[r].update(got[r])
+        if cell_metrics:
+            got = score_cells.replicates(merged.rows, merged.config.storage.load_rows, atom_in, n_s, fam, fam_idx,
+                                         values, cell_metrics, role_eps, ece_edges, n_boot, seed)
+            for r in got:
+                fam_reps[r].update(got[r])
+        reps.update(fam_reps)
+    merged.rows = []
+    return reps
 
 
 def compute(merged, slices, *, metrics, threshold, ece_bins, n_boot, seed, families, role_family):
-    spec = merged.spec
+    """Point estimates and replicates per slice (see the module docstring): ``{"n", "n_positive", "values",
+    "reasons", "reps"}``. ``threshold`` is applied in each model's own score precision (:func:`role_precision`)."""
+    roles = merged.config.roles
     S = len(slices)
     n_atoms = len(merged.atom_values)
     atom_in = np.stack([sl.atom_mask for sl in slices], axis=1) if n_atoms else np.zeros((0, S), bool)  # (A, S)
     ece_edges = np.linspace(0.0, 1.0, ece_bins + 1)
     n_s = np.array([int(merged.atom_n[atom_in[:, j]].sum()) for j in range(S)], dtype=np.int64)
-    want_rank = any(m in metrics for m in ("roc_auc", "average_precision"))
-    values, reasons, counts_info = {}, {}, {}
-    role_thr, role_eps = {}, {}
-    for role in spec.roles:
-        threshold, eps = role_thr[role], role_eps[role] = role_precision(merged, role)
-        vals = {m: np.full(S, np.nan) for m in metrics}
-        why = {m: [None] * S for m in metrics}
-        npos = np.zeros(S, dtype=np.int64)
-        atom_keys = {}
-        cfg = spec.spill
-        if cfg is not None:  # external-memory mode (.spill): same numbers, bounded memory
-            from . import spill as _sp
-
-            role_runs = merged.runs.get(role, {})
-            stats = {aid: _sp.atom_stats(role_runs.get(aid, []), threshold, ece_edges, cfg.rows, cfg.budget, eps)
-                     for aid in range(n_atoms)}
-        else:
-            for aid in range(n_atoms):  # one sorted array per atom; drop the runs as we go to bound peak memory
-                atom_keys[aid] = _slice_keys(merged, role, [aid])
-                merged.runs.get(role, {}).pop(aid, None)
-            stats = {aid: _atom_stats((k >> 1).view(np.float64), (k & 1).astype(np.int8), threshold, ece_edges, eps)
-                     for aid, k in atom_keys.items()}
-        for j in range(S):
-            atoms = np.flatnonzero(atom_in[:, j])
-            st = [stats[int(a)] for a in atoms]
-            n = sum(x["n"] for x in st)
-            P = sum(x["P"] for x in st)
-            tp = sum(x["tp"] for x in st)
-            fp = sum(x["fp"] for x in st)
-            v = {k: float(x) for k, x in count_metrics(*(np.array(c, dtype=np.float64)
-                                                          for c in (tp, fp, n - P - fp, P - tp))).items()}
-            if n:
-                v["log_loss"] = ExactSum.total(x["ll"] for x in st).value() / n
-                v["brier"] = ExactSum.total(x["br"] for x in st).value() / n
-                ysum = np.sum([x["ysum"] for x in st], axis=0)  # integer counts: exact
-                ssum = np.array([ExactSum.total(x["ssum"][e] for x in st).value() for e in range(ece_bins)])
-                v["ece"] = exact_sum(np.abs(ysum - ssum)) / n
-            else:
-                v["log_loss"] = v["brier"] = v["ece"] = np.nan
-            v["roc_auc"] = v["average_precision"] = np.nan
-            if want_rank and n and cfg is not None:
-                runs = [r for a in atoms for r in role_runs.get(int(a), [])]
-                v["roc_auc"], v["average_precision"] = _sp.rank_metrics(runs, n, P, cfg.rows, cfg.budget, cfg)
-            elif want_rank and n:
-                if atoms.size == 1:
-                    key = atom_keys[int(atoms[0])]
-                else:
-                    key = np.concatenate([atom_keys[int(a)] for a in atoms])
-                    key.sort()  # in place: no second copy
-                v["roc_auc"], v["average_precision"] = _rank_metrics_keys(key)
-                del key
-            npos[j] = P
-            for m in metrics:
-                vals[m][j] = v[m]
-                why[m][j] = undefined_reason(m, n, P, tp, fp) if np.isnan(v[m]) else None
-        del atom_keys
-        if cfg is not None:
-            merged.runs.pop(role, None)
-        values[role], reasons[role] = vals, why
-        counts_info[role] = npos
+    values, reasons, npos, role_thr, role_eps = {}, {}, {}, {}, {}
+    for role in roles:
+        role_thr[role], role_eps[role] = role_precision(merged, role)
+        values[role], reasons[role], npos[role] = _point_estimates(merged, role, atom_in, metrics, role_thr[role],
+                                                                   role_eps[role], ece_edges)
     reps = {}
     if n_boot > 0 and merged.n_rows > 0:
-        grid_metrics = [m for m in metrics if m not in score_cells.METRICS]
-        cell_metrics = [m for m in metrics if m in score_cells.METRICS]
-        rows = merged.rows
-        for fam_idx, fam in enumerate(families):
-            fam_reps = {r: {} for r in fam}
-            if grid_metrics:
-                got = _bootstrap_family(fam_idx, fam, merged, atom_in, values, grid_metrics, role_thr, ece_edges,
-                                        n_boot, seed)
-                for r in got:
-                    fam_reps[r].update(got[r])
-            if cell_metrics:
-                got = score_cells.replicates(rows, load_rows, atom_in, n_s, fam, fam_idx, values, cell_metrics,
-                                             role_eps, ece_edges, n_boot, seed)
-                for r in got:
-                    fam_reps[r].update(got[r])
-            reps.update(fam_reps)
-        merged.rows = []
-    return {"n": n_s, "n_positive": counts_info[spec.roles[0]] if spec.roles else None,
+        reps = _replicates(merged, families, atom_in, n_s, values, metrics, role_thr, role_eps, ece_edges, n_boot,
+                           seed)
+    return {"n": n_s, "n_positive": npos[roles[0]] if roles else None,
             "values": values, "reasons": reasons, "reps": reps}
 
 
 def _bootstrap_family(fam_idx, fam, merged, atom_in, values, metrics, role_thr, ece_edges, n_boot, seed):
-    from .binary_cells import Q_BR, Q_LL, Q_S
-
     A, S = atom_in.shape
     E = ece_edges.size - 1
-    edges = merged.spec.grid
+    edges = merged.config.grid
     G = edges.size - 1
     cells, counts, sums = merged.cells[fam_idx]
     C = cells.size

@@ -1,4 +1,4 @@
-"""Binary accumulator parts: sorted score runs (exact rank metrics) and joint bootstrap cells.
+"""The binary family's store: sorted score runs (exact rank metrics), row pieces and joint bootstrap cells.
 
 Per batch piece (<= 2**20 rows) and per model role, the rows' ``(score, label)`` keys — the float64 bit pattern of
 the score shifted left by one bit, OR the label; for scores in [0, 1] this integer orders like (score, label) — are
@@ -12,14 +12,23 @@ quantum of 1.5e-8 is immaterial.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from .spill import remap_rows
+from .binary_stats import EPS
+from .score_cells import Q_BR, Q_LL, Q_S
 
-Q_LL = float(1 << 26)
-Q_BR = float(1 << 32)
-Q_S = float(1 << 32)
-EPS = np.finfo(np.float64).eps
+
+@dataclass
+class BinaryStore:
+    """What a binary accumulator holds (its ``store``); where runs and row pieces live is ``config.storage``'s choice."""
+
+    runs: dict = field(default_factory=dict)  # role -> atom id -> list of sorted (score, label) keys
+    cells: dict = field(default_factory=dict)  # family index -> list of (keys, counts, int sums)
+    rows: list = field(default_factory=list)  # row pieces grouped by atom (label + every model's score)
+    score_bits: dict = field(default_factory=dict)  # role -> widest float width of its score input (bits)
+    mem_rows: int = 0  # rows of runs held in memory since the last spill (spill mode)
 
 
 def score_grid(threshold: float, ece_bins: int) -> np.ndarray:
@@ -61,7 +70,7 @@ def _reduce(keys, counts, sums):
     return k[starts], np.add.reduceat(counts[order], starts), np.add.reduceat(sums[:, order], starts, axis=1)
 
 
-def add_binary(spec, acc, chunk):
+def add_rows(config, store, chunk):
     atom = chunk["atom"]
     y = chunk["label"].astype(np.int64)
     n = atom.size
@@ -74,33 +83,30 @@ def add_binary(spec, acc, chunk):
         starts = np.flatnonzero(np.concatenate([[True], a_sorted[1:] != a_sorted[:-1]]))
         ends = np.append(starts[1:], n)
         segs = [(int(a_sorted[s]), int(s), int(e)) for s, e in zip(starts, ends)]
-    G = spec.grid.size - 1
+    G = config.grid.size - 1
     # the rows themselves, grouped by atom: the per-slice bootstrap cells of the score metrics (.score_cells) need
     # each row's label and every model's score together (pairing), with slice-specific bin edges known only at the end
     piece = {"seg_atom": np.array([a for a, _, _ in segs], dtype=np.int32),
              "seg_bounds": np.array([lo for _, lo, _ in segs] + [n], dtype=np.int64),
              "label": chunk["label"] if order is None else chunk["label"][order]}
-    for role in spec.roles:
+    for role in config.roles:
         s = chunk[f"score:{role}"]
-        acc.score_bits[role] = max(acc.score_bits.get(role, 0), chunk[f"bits:{role}"])
+        store.score_bits[role] = max(store.score_bits.get(role, 0), chunk[f"bits:{role}"])
         piece[f"score:{role}"] = s if order is None else s[order]
         key = (s.view(np.int64) << 1) | y
         if order is not None:
             key = key[order]
-        runs = acc.runs.setdefault(role, {})
+        runs = store.runs.setdefault(role, {})
         for aid, lo, hi in segs:
             runs.setdefault(aid, []).append(np.sort(key[lo:hi]))
-    acc.rows.append(piece)
-    if spec.spill is not None:
-        from .spill import maybe_spill
-
-        maybe_spill(spec, acc, n)
-    for f, fam in enumerate(spec.families):
+    store.rows.append(piece)
+    config.storage.added(store, n)
+    for f, fam in enumerate(config.families):
         ckey = atom.astype(np.int64) * 2 + y
         sums = []
         for role in fam:
             s = chunk[f"score:{role}"]
-            ckey = ckey * G + _bins(spec.grid, s)
+            ckey = ckey * G + _bins(config.grid, s)
             p1 = np.where(y == 1, s, 1 - s)
             ll = -np.log(np.clip(p1, EPS, 1 - EPS))
             sums += [np.rint(ll * Q_LL), np.rint((s - y) ** 2 * Q_BR), np.rint(s * Q_S)]
@@ -114,43 +120,40 @@ def add_binary(spec, acc, chunk):
             keys, inv, counts = np.unique(ckey, return_inverse=True, return_counts=True)
             inv = inv.ravel()
             tot = np.stack([np.bincount(inv, weights=w, minlength=keys.size) for w in sums])
-        lst = acc.cells.setdefault(f, [])
+        lst = store.cells.setdefault(f, [])
         lst.append((keys.astype(np.int64), counts.astype(np.int64), tot.astype(np.int64)))
         if len(lst) >= 32:
-            acc.cells[f] = [_reduce(*map(np.concatenate, zip(*[(k, c) for k, c, _ in lst])),
+            store.cells[f] = [_reduce(*map(np.concatenate, zip(*[(k, c) for k, c, _ in lst])),
                                     np.concatenate([t for *_, t in lst], axis=1))]
 
 
-def _cells_per_atom(spec, fam):
-    return 2 * (spec.grid.size - 1) ** len(fam)
+def _cells_per_atom(config, fam):
+    return 2 * (config.grid.size - 1) ** len(fam)
 
 
-def merge_binary(spec, out, a, lut):
+def merge_stores(config, out, a, lut):
     for role, bits in a.score_bits.items():
         out.score_bits[role] = max(out.score_bits.get(role, 0), bits)
     for piece in a.rows:
-        out.rows.append(remap_rows(piece, lut))
+        out.rows.append(config.storage.remap_rows(piece, lut))
     for role, runs in a.runs.items():
         dst = out.runs.setdefault(role, {})
         for aid, lst in runs.items():
             dst.setdefault(int(lut[aid]), []).extend(lst)
     for f, lst in a.cells.items():
-        per = _cells_per_atom(spec, spec.families[f])
+        per = _cells_per_atom(config, config.families[f])
         for k, c, t in lst:
             q, r = np.divmod(k, per)
             out.cells.setdefault(f, []).append((lut[q].astype(np.int64) * per + r, c, t))
 
 
-def finish_binary(spec, acc, merged, lut):
+def finish_store(config, store, merged, lut):
     n_atoms = len(merged.atom_values)
-    if spec.spill is not None:  # external-memory mode: everything goes to disk before the extract step
-        from .spill import spill_accumulator
-
-        spill_accumulator(spec, acc)
-    merged.runs = {role: {int(lut[aid]): lst for aid, lst in runs.items()} for role, runs in acc.runs.items()}
-    for f, fam in enumerate(spec.families):
-        lst = acc.cells.get(f, [])
-        per = _cells_per_atom(spec, fam)
+    config.storage.flush(store)
+    merged.runs = {role: {int(lut[aid]): lst for aid, lst in runs.items()} for role, runs in store.runs.items()}
+    for f, fam in enumerate(config.families):
+        lst = store.cells.get(f, [])
+        per = _cells_per_atom(config, fam)
         if lst:
             k = np.concatenate([x[0] for x in lst])
             q, r = np.divmod(k, per)
@@ -158,11 +161,11 @@ def finish_binary(spec, acc, merged, lut):
                                       np.concatenate([x[2] for x in lst], axis=1))
         else:
             merged.cells[f] = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((3 * len(fam), 0), np.int64))
-    merged.score_bits = dict(acc.score_bits)
-    merged.rows = [remap_rows(piece, lut) for piece in acc.rows]
-    acc.runs, acc.cells, acc.rows = {}, {}, []
+    merged.score_bits = dict(store.score_bits)
+    merged.rows = [config.storage.remap_rows(piece, lut) for piece in store.rows]
+    store.runs, store.cells, store.rows = {}, {}, []
     atom_n = np.zeros(n_atoms, dtype=np.int64)
-    if spec.roles:
-        for aid, lst in merged.runs.get(spec.roles[0], {}).items():
+    if config.roles:
+        for aid, lst in merged.runs.get(config.roles[0], {}).items():
             atom_n[aid] = sum(x.size for x in lst)
     merged.atom_n = atom_n

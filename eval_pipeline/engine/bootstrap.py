@@ -11,6 +11,7 @@ Blocks run on a thread pool (numpy releases the GIL while sampling and in sparse
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -59,8 +60,6 @@ def percentile_ci(reps: np.ndarray, confidence: float):
     """Percentile interval along axis 0 (NaN replicates, e.g. a resample with no positives, are ignored)."""
     a = (1.0 - confidence) / 2.0
     with np.errstate(all="ignore"):
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             lo = np.nanquantile(reps, a, axis=0)

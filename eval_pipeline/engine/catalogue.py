@@ -10,7 +10,6 @@ from dataclasses import dataclass
 BINARY = "binary_classification"
 MULTICLASS = "multiclass_classification"
 REGRESSION = "regression"
-TASK_TYPES = (BINARY, MULTICLASS, REGRESSION)
 
 
 @dataclass(frozen=True)

@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
-from . import binary, multiclass, regression
-from . import spill as spill_mod
-from .accumulate import Combiner, Spec, _as_batch_list
+from . import spill
+from .accumulate import Combiner, CombinerConfig
+from .binary import BinaryFamily
 from .binary_cells import score_grid
 from .bootstrap import percentile_ci
+from .catalogue import BINARY, METRICS, MULTICLASS, REGRESSION, metrics_for
+from .columns import as_batch_list, n_rows
 from .config import SliceConfig
 from .errors import EngineInputError
-from .catalogue import BINARY, METRICS, MULTICLASS, TASK_TYPES, metrics_for
+from .multiclass import MulticlassFamily
+from .regression import RegressionFamily
 from .slices import build_slices, slice_columns, validate_config
+from .storage import MemoryStorage
+
+FAMILIES = {BINARY: BinaryFamily(), MULTICLASS: MulticlassFamily(), REGRESSION: RegressionFamily()}
 
 
 def _f(x):
@@ -60,33 +67,11 @@ class EvaluationResult:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), allow_nan=False)
 
-    def slice_by_name(self, name: str) -> dict | None:
-        for s in self.slices:
-            if s["slice"] == name:
-                return s
-        return None
-
-    def slice_table(self, role: str | None = None) -> pd.DataFrame:
-        """One row per slice x metric for ``role`` (default: the candidate, else the first role), with the delta."""
-        role = role or self.candidate or self.roles[0]
-        rows = []
-        for s in self.slices:
-            for m in self.metrics:
-                mv = s["models"].get(role, {}).get(m, {})
-                dv = s["delta"].get(m, {})
-                ci = mv.get("ci") or [None, None]
-                dci = dv.get("ci") or [None, None]
-                rows.append({"slice": s["slice"], "n": s["n"], "n_positive": s["n_positive"], "status": s["status"],
-                             "metric": m, "value": mv.get("value"), "ci_low": ci[0], "ci_high": ci[1],
-                             "undefined": mv.get("undefined"), "delta": dv.get("value"),
-                             "delta_ci_low": dci[0], "delta_ci_high": dci[1]})
-        return pd.DataFrame(rows)
-
 
 def _validate(task_type, label, predictions, metrics, threshold, classes, top_k, ece_bins, n_boot, confidence,
               baseline, candidate):
-    if task_type not in TASK_TYPES:
-        raise EngineInputError(f"task_type: expected one of {list(TASK_TYPES)}, got {task_type!r}")
+    if task_type not in FAMILIES:
+        raise EngineInputError(f"task_type: expected one of {list(FAMILIES)}, got {task_type!r}")
     valid = metrics_for(task_type)
     if not metrics:
         raise EngineInputError(f"metrics: expected a non-empty list; valid for {task_type}: {valid}")
@@ -159,27 +144,98 @@ def make_combiner(*, task_type, label, predictions, slices: SliceConfig, thresho
     :func:`evaluate_accumulator` removes the temp files."""
     validate_config(slices)
     roles = list(predictions)
-    spec = Spec(task_type=task_type, label=label, roles=roles, pred_columns=dict(predictions),
-                slice_columns=slice_columns(slices), bins={k: list(v) for k, v in dict(slices.bins).items()},
-                threshold=float(threshold), classes=list(classes) if classes is not None else None, top_k=int(top_k),
-                families=_families(roles, baseline, candidate), grid=score_grid(float(threshold), int(ece_bins)),
-                ece_bins=int(ece_bins))
+    config = CombinerConfig(
+        task_type=task_type, family=FAMILIES[task_type], label=label, roles=roles, pred_columns=dict(predictions),
+        slice_columns=slice_columns(slices), bins={k: list(v) for k, v in dict(slices.bins).items()},
+        threshold=float(threshold), classes=list(classes) if classes is not None else None, top_k=int(top_k),
+        families=_families(roles, baseline, candidate), grid=score_grid(float(threshold), int(ece_bins)),
+        ece_bins=int(ece_bins))
     if task_type == BINARY:
-        spec.spill = spill_mod.resolve(spill_dir, spill_rows)
-    return Combiner(spec)
+        config.storage = spill.resolve(spill_dir, spill_rows) or MemoryStorage()
+    return Combiner(config)
+
+
+def _cleanup(config: CombinerConfig) -> None:
+    if config.storage is not None:
+        config.storage.cleanup()
 
 
 def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = SliceConfig(), metrics,
              threshold=0.5, classes=None, top_k=3, ece_bins=10, n_boot=1000, seed=0, confidence=0.95,
              baseline="baseline", candidate="candidate", workers=None, spill_dir=None,
              spill_rows=None) -> EvaluationResult:
-    """Evaluate one or more models (roles) on streamed batches; see the module docstring.
+    """Evaluate one or more models (roles) on streamed batches: exact metrics per slice, paired bootstrap intervals.
 
-    ``workers`` (default: min(2, CPUs)) accumulators consume the batches round-robin on threads and are merged at
-    the end; the result does not depend on it (merging is order-free).
+    Parameters
+    ----------
+    batches : pandas.DataFrame, pyarrow.Table, pyarrow.RecordBatch or iterable of them
+        The evaluation rows, streamed: batches are added to mergeable accumulators and never held together.
+    task_type : {"binary_classification", "multiclass_classification", "regression"}
+    label : str
+        The label column (binary: 0/1 or bool; multiclass: values in ``classes``; regression: numbers).
+    predictions : mapping of str to str or list of str
+        Role (e.g. ``"baseline"``, ``"candidate"``) -> its prediction column (binary: the positive-class
+        probability; regression: the prediction), or for multiclass the list of probability columns in ``classes``
+        order.
+    slices : SliceConfig, default SliceConfig()
+        Which slices besides ``overall``: single columns, crosses, binned numeric columns, minimum sizes.
+    metrics : list of str
+        Names from :data:`~eval_pipeline.engine.METRICS` valid for ``task_type``.
+    threshold : float, default 0.5
+        Binary: a row is predicted positive when its score >= threshold (in the score's own float precision).
+    classes : list, optional
+        Multiclass: the class labels, in the order of the probability columns.
+    top_k : int, default 3
+        Multiclass: k of ``top_k_accuracy``.
+    ece_bins : int, default 10
+        Equal-width bins of the expected calibration error.
+    n_boot : int, default 1000
+        Poisson-bootstrap replicates (0: point estimates only).
+    seed : int, default 0
+        Seed of the replicates; the result is a function of the data, the arguments and the seed only.
+    confidence : float, default 0.95
+        Level of the percentile intervals.
+    baseline, candidate : str or None, default "baseline", "candidate"
+        The roles compared: deltas are ``candidate - baseline`` on the same resamples (paired).
+    workers : int, optional
+        Accumulators consuming the batches on threads (default: min(2, CPUs)); the result does not depend on it.
+    spill_dir, spill_rows : optional
+        Opt-in external-memory mode for binary tasks (:mod:`.spill`; also ``EVAL_ENGINE_SPILL_DIR`` /
+        ``EVAL_ENGINE_SPILL_ROWS``): bit-identical results with memory bounded independently of rows; temp files
+        are removed at the end.
 
-    ``spill_dir`` / ``spill_rows``: opt-in external-memory mode for binary tasks, bit-identical results with memory
-    bounded independently of rows (see :func:`make_combiner` and :mod:`.spill`); temp files are removed at the end."""
+    Returns
+    -------
+    EvaluationResult
+        ``slices``: one dict per slice (``slice``, ``columns``, ``n``, ``n_positive``, ``status`` "ok" or
+        "too_small", per role ``models[role][metric] = {"value", "ci", "undefined"}`` and ``delta[metric]`` with a
+        ``p_value``); an undefined value is ``None`` with the reason in ``undefined``. ``to_json()`` gives the
+        stored form; ``replicates`` the bootstrap replicates the gates use.
+
+    Raises
+    ------
+    EngineInputError
+        A bad argument or input column; the message names it and what was expected.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from eval_pipeline.engine import SliceConfig, evaluate
+    >>> df = pd.DataFrame({"y": [0, 1, 1, 0, 1, 0, 1, 0] * 25,
+    ...                    "old": [0.2, 0.7, 0.4, 0.6, 0.8, 0.6, 0.3, 0.1] * 25,
+    ...                    "new": [0.1, 0.8, 0.6, 0.3, 0.9, 0.4, 0.45, 0.2] * 25,
+    ...                    "region": ["north", "south"] * 100})
+    >>> result = evaluate(df, task_type="binary_classification", label="y",
+    ...                   predictions={"baseline": "old", "candidate": "new"},
+    ...                   slices=SliceConfig(columns=["region"], min_size=50),
+    ...                   metrics=["accuracy", "roc_auc"], n_boot=200, seed=0)
+    >>> [(s["slice"], s["n"], s["n_positive"], s["status"]) for s in result.slices]
+    [('overall', 200, 100, 'ok'), ('region=north', 100, 75, 'ok'), ('region=south', 100, 25, 'ok')]
+    >>> result.slices[0]["models"]["candidate"]["accuracy"]
+    {'value': 0.875, 'ci': [0.834..., 0.914...], 'undefined': None}
+    >>> result.slices[0]["delta"]["accuracy"]
+    {'value': 0.375, 'ci': [0.302..., 0.439...], 'undefined': None, 'p_value': 0.00995...}
+    """
     metrics = list(metrics)
     predictions = dict(predictions)
     # None means "the default" (callers pass spec fields that only apply to some task types)
@@ -195,27 +251,24 @@ def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = Sl
                          threshold=threshold, classes=classes, top_k=top_k, ece_bins=ece_bins, baseline=baseline,
                          candidate=candidate, spill_dir=spill_dir, spill_rows=spill_rows)
     try:
-        acc = _consume(comb, _as_batch_list(batches), workers)
+        acc = _consume(comb, as_batch_list(batches), workers)
         res = evaluate_accumulator(comb, acc, slices=slices, metrics=metrics, n_boot=n_boot, seed=seed,
                                    confidence=confidence)
     finally:
-        spill_mod.cleanup(comb.spec)
+        _cleanup(comb.config)
     if res.baseline is None and res.candidate is None and candidate in predictions:
         res.candidate = candidate
     return res
 
 
 def _consume(comb, batches, workers):
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
     workers = workers or min(2, os.cpu_count() or 1)
     if workers <= 1:
         acc = comb.create_accumulator()
         off = 0
         for b in batches:
             comb.add_batch(acc, b, off)
-            off += acc_rows(b)
+            off += n_rows(b)
         return acc
     accs = [comb.create_accumulator() for _ in range(workers)]
     pools = [ThreadPoolExecutor(max_workers=1) for _ in range(workers)]
@@ -227,7 +280,7 @@ def _consume(comb, batches, workers):
             if pending[w] is not None:
                 pending[w].result()  # bounded: at most one batch in flight per worker
             pending[w] = pools[w].submit(comb.add_batch, accs[w], b, off)
-            off += acc_rows(b)
+            off += n_rows(b)
         for f in pending:
             if f is not None:
                 f.result()
@@ -237,46 +290,37 @@ def _consume(comb, batches, workers):
     return comb.merge_accumulators(accs)
 
 
-def acc_rows(b) -> int:
-    return len(b) if isinstance(b, pd.DataFrame) else b.num_rows
-
-
 def evaluate_accumulator(comb: Combiner, acc, *, slices, metrics, n_boot=1000, seed=0, confidence=0.95,
                          ece_bins=None) -> EvaluationResult:
     """The ``extract`` step: metrics and intervals from a (merged) accumulator. It consumes the accumulator.
     The threshold, ECE bins and the baseline/candidate pairing are fixed by :func:`make_combiner`."""
-    spec = comb.spec
-    if ece_bins is not None and int(ece_bins) != spec.ece_bins:
-        raise EngineInputError(f"ece_bins: the combiner was made with {spec.ece_bins}, got {ece_bins}")
-    ece_bins = spec.ece_bins
-    fam0 = spec.families[0] if spec.families else ()
+    config = comb.config
+    if ece_bins is not None and int(ece_bins) != config.ece_bins:
+        raise EngineInputError(f"ece_bins: the combiner was made with {config.ece_bins}, got {ece_bins}")
+    ece_bins = config.ece_bins
+    fam0 = config.families[0] if config.families else ()
     baseline, candidate = (fam0[0], fam0[1]) if len(fam0) == 2 else (None, None)
-    if len(spec.roles) == 1:
-        candidate = spec.roles[0]
-    bad = [m for m in metrics if m not in metrics_for(spec.task_type)]
+    if len(config.roles) == 1:
+        candidate = config.roles[0]
+    bad = [m for m in metrics if m not in metrics_for(config.task_type)]
     if bad:
-        raise EngineInputError(f"metric '{bad[0]}' is not available for {spec.task_type}; "
-                               f"valid metrics: {metrics_for(spec.task_type)}")
+        raise EngineInputError(f"metric '{bad[0]}' is not available for {config.task_type}; "
+                               f"valid metrics: {metrics_for(config.task_type)}")
     try:
-        return _extract(comb, acc, spec, slices, metrics, n_boot, seed, confidence, ece_bins, baseline, candidate)
+        return _extract(comb, acc, config, slices, metrics, n_boot, seed, confidence, ece_bins, baseline, candidate)
     finally:
-        spill_mod.cleanup(spec)
+        _cleanup(config)
 
 
-def _extract(comb, acc, spec, slices, metrics, n_boot, seed, confidence, ece_bins, baseline, candidate):
+def _extract(comb, acc, config, slices, metrics, n_boot, seed, confidence, ece_bins, baseline, candidate):
     merged = comb.finish(acc)
     sdefs, warnings = build_slices(merged, slices)
-    roles = spec.roles
+    roles = config.roles
     paired = baseline is not None and candidate is not None and baseline != candidate
-    families = spec.families
+    families = config.families
     role_family = {r: i for i, f in enumerate(families) for r in f}
     kw = dict(metrics=metrics, n_boot=n_boot, seed=seed, families=families, role_family=role_family)
-    if spec.task_type == BINARY:
-        out = binary.compute(merged, sdefs, threshold=spec.threshold, ece_bins=ece_bins, **kw)
-    elif spec.task_type == MULTICLASS:
-        out = multiclass.compute(merged, sdefs, **kw)
-    else:
-        out = regression.compute(merged, sdefs, **kw)
+    out = config.family.compute(merged, sdefs, **kw)
 
     B = n_boot
     for r in out["reps"]:  # replicates stay inside the metric's range (recentring could push them out)
@@ -337,8 +381,8 @@ def _extract(comb, acc, spec, slices, metrics, n_boot, seed, confidence, ece_bin
                     _flag_interval(entry["delta"][m], diag.get("delta", {}).get(m))
         slices_out.append(entry)
     return EvaluationResult(
-        task_type=spec.task_type, n_rows=int(merged.n_rows),
-        threshold=float(spec.threshold) if spec.task_type == BINARY else None, confidence=float(confidence),
+        task_type=config.task_type, n_rows=int(merged.n_rows),
+        threshold=float(config.threshold) if config.task_type == BINARY else None, confidence=float(confidence),
         n_boot=int(n_boot), seed=int(seed), metrics=list(metrics), roles=list(roles),
         baseline=baseline if paired or baseline in roles else None,
         candidate=candidate if paired or candidate in roles else None,

@@ -419,12 +419,121 @@ def _power_figures(t: _Test, row: dict, lev_pass: float, lev_fail: float, power:
     return se, mde, n_needed, text
 
 
+def _decide(t: _Test, row: dict, passed: bool, failed: bool, lev_pass: float, lev_fail: float, adj_name: str,
+            power: float, blocked: str | None) -> None:
+    """Fill one testable row's outcome, interval, p-value, rule and power figures from its multiplicity decisions."""
+    p_pass, p_fail, reps = t.p_pass, t.p_fail, t.reps
+    g_kind = row["kind"]
+    info = METRICS[row["metric"]]
+    a = lev_pass
+    lo, hi = _q(reps, a), _q(reps, 1 - a)
+    row["ci"] = [lo, hi]
+    if passed:
+        outcome, p, lvl = "PASS", p_pass, a
+    elif failed:
+        outcome, p, lvl = "FAIL", p_fail, lev_fail
+        lo, hi = _q(reps, lvl), _q(reps, 1 - lvl)
+        row["ci"] = [lo, hi]
+    else:
+        outcome, p, lvl = "INCONCLUSIVE", p_pass, a
+    row["outcome"], row["p_value"], row["adjusted_alpha"] = outcome, p, lvl
+    if g_kind == "non_inferiority":
+        m = row["margin"]
+        if info.higher_is_better:
+            qty, thr_txt, thr = "delta", f"-margin ({-m:g})", -m
+            bound = lo if outcome != "FAIL" else hi
+            side = "lower" if outcome != "FAIL" else "upper"
+            cmp_ok = "≥" if outcome == "PASS" else ("<" if outcome == "FAIL" else "vs")
+        else:
+            qty, thr_txt, thr = "delta", f"+margin ({m:g})", m
+            bound = hi if outcome != "FAIL" else lo
+            side = "upper" if outcome != "FAIL" else "lower"
+            cmp_ok = "≤" if outcome == "PASS" else (">" if outcome == "FAIL" else "vs")
+        row["bound"] = bound
+        if outcome == "INCONCLUSIVE":
+            row["rule"] = (f"{_pct(lvl)} interval of delta [{lo:.4g}, {hi:.4g}] contains {thr_txt} "
+                           f"(p = {p:.4g} > {adj_name} level {lvl:.4g}) → INCONCLUSIVE")
+        else:
+            row["rule"] = (f"{side} {_pct(lvl)} bound of {qty} ({bound:.4g}) {cmp_ok} {thr_txt} → {outcome} "
+                           f"(p = {p:.4g} ≤ {adj_name} level {lvl:.4g})")
+    else:
+        parts = []
+        if row["min"] is not None:
+            parts.append(f"lower {_pct(lvl)} bound ({lo:.4g}) vs min ({row['min']:g})")
+        if row["max"] is not None:
+            parts.append(f"upper {_pct(lvl)} bound ({hi:.4g}) vs max ({row['max']:g})")
+        row["bound"] = lo if row["min"] is not None else hi
+        cmp = "≤" if outcome != "INCONCLUSIVE" else ">"
+        row["rule"] = (f"{' and '.join(parts)} of {row['metric']} → {outcome} "
+                       f"(p = {p:.4g} {cmp} {adj_name} level {lvl:.4g})")
+    if row["replicates_undefined"]:
+        used, undef = row["replicates_used"], row["replicates_undefined"]
+        row["rule"] += (f"; p-values and interval from the {used} defined replicates ({undef} of {used + undef} "
+                        f"undefined and dropped: this conditions on resamples where the metric exists, so the "
+                        f"interval may be too narrow)")
+    if outcome == "PASS" and t.unreliable:
+        # heavy-tailed errors make the interval too narrow on the optimistic side: a PASS is not supported
+        row["outcome"] = "INCONCLUSIVE"
+        row["rule"] += f"; but the interval is flagged unreliable ({t.unreliable}) → INCONCLUSIVE"
+    se, mde, n_needed, ptxt = _power_figures(t, row, a, lev_fail, power, blocked)
+    row["se"], row["power"], row["mde"], row["n_needed"] = se, power, mde, n_needed
+    row["rule"] += ptxt
+
+
 def apply_gates(result, gates: list[GateDef], *, multiplicity: str = "holm", alpha: float | None = None,
                 power: float = 0.8) -> GateReport:
-    """Evaluate the gate matrix on an :class:`EvaluationResult`; see the module docstring for the rule.
+    """Decide the gate matrix (every gate x targeted slice) on an evaluation result.
 
-    ``power``: the power at which each row's minimum detectable effect (``mde``) and, for INCONCLUSIVE rows, the
-    rows of data needed to decide (``n_needed``) are reported."""
+    Each row is PASS, FAIL or INCONCLUSIVE from one-sided bootstrap p-values, with multiplicity control across all
+    testable rows; see the module docstring for the rule, the resolution condition and the power figures.
+
+    Parameters
+    ----------
+    result : EvaluationResult
+        The output of :func:`~eval_pipeline.engine.evaluate` (it must hold replicates: ``n_boot > 0``).
+    gates : list of GateDef
+        ``absolute`` gates (``min`` and/or ``max`` on the candidate's value) and ``non_inferiority`` gates
+        (``candidate - baseline`` not worse than ``margin``), each on ``slices``: "overall", "all", slice names or
+        a column / cross name standing for all of its slices.
+    multiplicity : {"holm", "bh", "none"}, default "holm"
+        Holm (family-wise error), Benjamini-Hochberg (false discovery rate) or no adjustment.
+    alpha : float, optional
+        One-sided level; default ``(1 - result.confidence) / 2``.
+    power : float, default 0.8
+        The power at which each row's minimum detectable effect (``mde``) and, for INCONCLUSIVE rows, the rows of
+        data needed to decide (``n_needed``) are reported.
+
+    Returns
+    -------
+    GateReport
+        ``verdict`` (FAIL if any row FAILs, else INCONCLUSIVE if any row is, else PASS), ``gates`` (one dict per
+        row with its outcome, p-value, adjusted level and a human-readable ``rule``), ``counts``, ``resolution``
+        and ``warnings``.
+
+    Raises
+    ------
+    EngineInputError
+        A gate names a metric that was not evaluated, lacks its bounds or margin, or a level is out of range.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from eval_pipeline.engine import GateDef, SliceConfig, apply_gates, evaluate
+    >>> df = pd.DataFrame({"y": [0, 1, 1, 0, 1, 0, 1, 0] * 25,
+    ...                    "old": [0.2, 0.7, 0.4, 0.6, 0.8, 0.6, 0.3, 0.1] * 25,
+    ...                    "new": [0.1, 0.8, 0.6, 0.3, 0.9, 0.4, 0.45, 0.2] * 25,
+    ...                    "region": ["north", "south"] * 100})
+    >>> slices = SliceConfig(columns=["region"], min_size=50)
+    >>> result = evaluate(df, task_type="binary_classification", label="y", slices=slices,
+    ...                   predictions={"baseline": "old", "candidate": "new"}, metrics=["accuracy"], n_boot=200)
+    >>> report = apply_gates(result, [GateDef("accuracy", "non_inferiority", margin=0.02, slices="all")])
+    >>> report.verdict, report.counts
+    ('PASS', {'PASS': 3, 'FAIL': 0, 'INCONCLUSIVE': 0})
+    >>> [(g["slice"], g["outcome"], g["delta"]) for g in report.gates]
+    [('overall', 'PASS', 0.375), ('region=north', 'PASS', 0.25), ('region=south', 'PASS', 0.5)]
+    >>> report.gates[0]["rule"]
+    'lower 99.17% bound of delta (0.29...) ≥ -margin (-0.02) → PASS (p = 0.004975 ≤ Holm-adjusted level 0.008333)...'
+    """
     if multiplicity not in MULTIPLICITY:
         raise EngineInputError(f"multiplicity: expected 'holm', 'bh' or 'none', got {multiplicity!r}")
     alpha = float(alpha) if alpha is not None else (1.0 - result.confidence) / 2.0
@@ -453,63 +562,7 @@ def apply_gates(result, gates: list[GateDef], *, multiplicity: str = "holm", alp
     rej_f, lev_f = _adjust([t.p_fail for t in tests], alpha, multiplicity)
     adj_name = {"holm": "Holm-adjusted", "bh": "BH-adjusted", "none": "unadjusted"}[multiplicity]
     for j, t in enumerate(tests):
-        ri, p_pass, p_fail, reps = t.row, t.p_pass, t.p_fail, t.reps
-        row = rows[ri]
-        g_kind = row["kind"]
-        info = METRICS[row["metric"]]
-        a = lev_p[j]
-        lo, hi = _q(reps, a), _q(reps, 1 - a)
-        row["ci"] = [lo, hi]
-        if rej_p[j]:
-            outcome, p, lvl = "PASS", p_pass, a
-        elif rej_f[j]:
-            outcome, p, lvl = "FAIL", p_fail, lev_f[j]
-            lo, hi = _q(reps, lvl), _q(reps, 1 - lvl)
-            row["ci"] = [lo, hi]
-        else:
-            outcome, p, lvl = "INCONCLUSIVE", p_pass, a
-        row["outcome"], row["p_value"], row["adjusted_alpha"] = outcome, p, lvl
-        if g_kind == "non_inferiority":
-            m = row["margin"]
-            if info.higher_is_better:
-                qty, thr_txt, thr = "delta", f"-margin ({-m:g})", -m
-                bound = lo if outcome != "FAIL" else hi
-                side = "lower" if outcome != "FAIL" else "upper"
-                cmp_ok = "≥" if outcome == "PASS" else ("<" if outcome == "FAIL" else "vs")
-            else:
-                qty, thr_txt, thr = "delta", f"+margin ({m:g})", m
-                bound = hi if outcome != "FAIL" else lo
-                side = "upper" if outcome != "FAIL" else "lower"
-                cmp_ok = "≤" if outcome == "PASS" else (">" if outcome == "FAIL" else "vs")
-            row["bound"] = bound
-            if outcome == "INCONCLUSIVE":
-                row["rule"] = (f"{_pct(lvl)} interval of delta [{lo:.4g}, {hi:.4g}] contains {thr_txt} "
-                               f"(p = {p:.4g} > {adj_name} level {lvl:.4g}) → INCONCLUSIVE")
-            else:
-                row["rule"] = (f"{side} {_pct(lvl)} bound of {qty} ({bound:.4g}) {cmp_ok} {thr_txt} → {outcome} "
-                               f"(p = {p:.4g} ≤ {adj_name} level {lvl:.4g})")
-        else:
-            parts = []
-            if row["min"] is not None:
-                parts.append(f"lower {_pct(lvl)} bound ({lo:.4g}) vs min ({row['min']:g})")
-            if row["max"] is not None:
-                parts.append(f"upper {_pct(lvl)} bound ({hi:.4g}) vs max ({row['max']:g})")
-            row["bound"] = lo if row["min"] is not None else hi
-            cmp = "≤" if outcome != "INCONCLUSIVE" else ">"
-            row["rule"] = (f"{' and '.join(parts)} of {row['metric']} → {outcome} "
-                           f"(p = {p:.4g} {cmp} {adj_name} level {lvl:.4g})")
-        if row["replicates_undefined"]:
-            used, undef = row["replicates_used"], row["replicates_undefined"]
-            row["rule"] += (f"; p-values and interval from the {used} defined replicates ({undef} of {used + undef} "
-                            f"undefined and dropped: this conditions on resamples where the metric exists, so the "
-                            f"interval may be too narrow)")
-        if outcome == "PASS" and t.unreliable:
-            # heavy-tailed errors make the interval too narrow on the optimistic side: a PASS is not supported
-            row["outcome"] = "INCONCLUSIVE"
-            row["rule"] += f"; but the interval is flagged unreliable ({t.unreliable}) → INCONCLUSIVE"
-        se, mde, n_needed, ptxt = _power_figures(t, row, a, lev_f[j], power, blocked)
-        row["se"], row["power"], row["mde"], row["n_needed"] = se, power, mde, n_needed
-        row["rule"] += ptxt
+        _decide(t, rows[t.row], rej_p[j], rej_f[j], lev_p[j], lev_f[j], adj_name, power, blocked)
     outcomes = [r["outcome"] for r in rows]
     verdict = "FAIL" if "FAIL" in outcomes else ("INCONCLUSIVE" if "INCONCLUSIVE" in outcomes or not rows else "PASS")
     return GateReport(verdict=verdict, multiplicity=multiplicity, alpha=alpha, gates=rows, power=power,

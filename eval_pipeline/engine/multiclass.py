@@ -9,10 +9,53 @@ Poisson draws of the cell counts (no approximation beyond the bootstrap itself).
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import scipy.sparse as sp
 
 from . import bootstrap as bs
-from .binary import _div
+from .accumulate import RowFamily
+from .binary_stats import divide
+from .catalogue import MULTICLASS
+from .columns import check_probabilities, column, float_array, raise_bad
+
+
+class MulticlassFamily(RowFamily):
+    """Multiclass classification: a label among ``classes``, one probability column per class per model (role).
+    Per row the store keeps the label's class index and, per model, the argmax class and the top-k hit."""
+
+    task_type = MULTICLASS
+    label_dtype = np.int16
+
+    def read(self, config, batch, offset):
+        col = column(batch, config.label)
+        if isinstance(col, pa.Array):
+            col = pd.Series(col.to_pylist())
+        idx = pd.Index(config.classes).get_indexer(pd.Series(col).to_numpy(dtype=object))
+        bad = idx < 0
+        if bad.any():
+            raise_bad(config.label, f"labels in classes {config.classes}", bad, pd.Series(col).to_numpy(object),
+                      offset)
+        y = idx.astype(np.int16)
+        rows = {"label": y}
+        for role in config.roles:
+            mats = []
+            for c in config.pred_columns[role]:
+                p = float_array(column(batch, c), c, offset)
+                check_probabilities(p, c, offset, role, "class probabilities")
+                mats.append(p)
+            P = np.column_stack(mats)
+            k = min(config.top_k, P.shape[1])
+            order = np.argsort(P, axis=1, kind="mergesort")[:, ::-1][:, :k]  # as sklearn.top_k_accuracy_score
+            rows[f"pred:{role}"] = np.argmax(P, axis=1).astype(np.int16)
+            rows[f"hit:{role}"] = (order == y[:, None]).any(axis=1)
+        return rows
+
+    def predictions(self, config, role, cat):
+        return cat(f"pred:{role}", np.int16).astype(np.int16), cat(f"hit:{role}", bool).astype(bool)
+
+    def compute(self, merged, slices, **kw):
+        return compute(merged, slices, **kw)
 
 
 def confusion_metrics(C, hits):
@@ -22,20 +65,19 @@ def confusion_metrics(C, hits):
     support = C.sum(-1)
     predicted = C.sum(-2)
     fp, fn = predicted - tp, support - tp
-    f1 = _div(2 * tp, 2 * tp + fp + fn)
+    f1 = divide(2 * tp, 2 * tp + fp + fn)
     present = (support + predicted) > 0
     with np.errstate(invalid="ignore"):
-        macro = _div(np.where(present, f1, 0).sum(-1), present.sum(-1).astype(float))
-        weighted = _div(np.where(support > 0, f1 * support, 0).sum(-1), support.sum(-1))
-    acc = _div(tp.sum(-1), n)
-    micro = _div(2 * tp.sum(-1), 2 * tp.sum(-1) + fp.sum(-1) + fn.sum(-1))
+        macro = divide(np.where(present, f1, 0).sum(-1), present.sum(-1).astype(float))
+        weighted = divide(np.where(support > 0, f1 * support, 0).sum(-1), support.sum(-1))
+    acc = divide(tp.sum(-1), n)
+    micro = divide(2 * tp.sum(-1), 2 * tp.sum(-1) + fp.sum(-1) + fn.sum(-1))
     return {"accuracy": acc, "macro_f1": macro, "micro_f1": micro, "weighted_f1": weighted,
-            "top_k_accuracy": _div(hits, n)}
+            "top_k_accuracy": divide(hits, n)}
 
 
 def compute(merged, slices, *, metrics, n_boot, seed, families, role_family):
-    spec = merged.spec
-    K = len(spec.classes)
+    K = len(merged.config.classes)
     S = len(slices)
     A = len(merged.atom_values)
     atom_in = np.stack([sl.atom_mask for sl in slices], axis=1) if A else np.zeros((0, S), bool)

@@ -35,6 +35,9 @@ import math
 import numpy as np
 
 from . import bootstrap as bs
+from .accumulate import RowFamily
+from .catalogue import REGRESSION
+from .columns import check_finite, column, float_array
 
 EPS = np.finfo(np.float64).eps
 K_EXACT = 4096  # rows per slice with exact Poisson weights (all rows below this size)
@@ -48,6 +51,29 @@ D, D2, D4 = 0, 1, 2
 NC, NPER = 3, 7
 E, AE, E2, E4, E2D2, APE, APE2 = range(NPER)
 TERM = {"mean_error": "e", "mae": "|e|", "rmse": "e^2", "mape": "|e|/|y|"}
+
+
+class RegressionFamily(RowFamily):
+    """Regression: a numeric label and one numeric prediction column per model (role), kept per row."""
+
+    task_type = REGRESSION
+
+    def read(self, config, batch, offset):
+        y = float_array(column(batch, config.label), config.label, offset)
+        check_finite(y, config.label, offset, "finite numeric labels")
+        rows = {"label": y}
+        for role in config.roles:
+            name = config.pred_columns[role]
+            p = float_array(column(batch, name), name, offset)
+            check_finite(p, name, offset, f"finite predictions (role '{role}')")
+            rows[f"score:{role}"] = p
+        return rows
+
+    def predictions(self, config, role, cat):
+        return cat(f"score:{role}")
+
+    def compute(self, merged, slices, **kw):
+        return compute(merged, slices, **kw)  # the module's function, looked up at call time
 
 
 def _terms(d, es, apes):
@@ -230,11 +256,169 @@ def _replicate_sums(X_exact, bulk, n_boot, seed, stream):
     return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
 
 
+def _point_estimates(ys, preds, sel, roles, metrics, j, values, reasons):
+    """Exact values (and undefined reasons) of slice ``j`` into ``values`` / ``reasons``; returns (n, sst, stats)
+    with stats: role -> (sum of squared errors, sum of absolute percentage errors)."""
+    n = ys.size
+    mean_y = np.sum(ys) / n if n else 0.0
+    sst = float(np.sum((ys - mean_y) ** 2)) if n else 0.0
+    stats = {}
+    for r in roles:
+        e = preds[r][sel] - ys
+        if n:
+            ae = np.abs(e)
+            sse = float(np.sum(e * e))
+            sape = float(np.sum(ae / np.maximum(np.abs(ys), EPS)))
+            v = {"mae": float(np.sum(ae)) / n, "rmse": float(np.sqrt(sse / n)),
+                 "r2": 1 - sse / sst if (n >= 2 and sst > 0) else np.nan,
+                 "mape": sape / n, "mean_error": float(np.sum(e)) / n}
+            stats[r] = (sse, sape)
+        for m in metrics:
+            if n == 0:
+                reasons[r][m][j] = "empty slice"
+            elif m == "r2" and n < 2:
+                reasons[r][m][j] = "fewer than 2 rows"
+            elif m == "r2" and np.isnan(v["r2"]):
+                reasons[r][m][j] = "constant label in the slice (total sum of squares is 0)"
+            else:
+                values[r][m][j] = v[m]
+                continue
+            values[r][m][j] = np.nan
+    return n, sst, stats
+
+
+class _ScaledSlice:
+    """One slice's rows in units where the label spread, each model's RMSE and MAPE are 1: the studentized
+    statistics are scale-free, and unit-size columns keep the sums of 4th powers and the covariance well
+    conditioned."""
+
+    def __init__(self, ys, preds, sel, roles, sst, stats):
+        n = ys.size
+        self.n, self.ys = n, ys
+        sy = math.sqrt(sst / n) if sst > 0 else 1.0
+        # d = y - mean(y) measured from one of the slice's own rows: y - y_ref is exact for labels on a common grid
+        # whatever their offset, where y - mean(y) would carry the rounding of the offset's magnitude
+        yr = ys - ys[0]
+        self.d = (yr - np.sum(yr) / n) / sy
+        del yr
+        self.scale = {r: (math.sqrt(stats[r][0] / n) or 1.0, stats[r][1] / n or 1.0) for r in roles}
+        self.ps = {r: preds[r][sel] for r in roles}
+        self.ayinv = 1.0 / np.maximum(np.abs(ys), EPS)
+
+    def cols(self, r, ix=slice(None)):
+        """(scaled error, scaled absolute percentage error) of model ``r`` on rows ``ix``."""
+        e = self.ps[r][ix] - self.ys[ix]
+        return e / self.scale[r][0], np.abs(e) * self.ayinv[ix] / self.scale[r][1]
+
+    def terms(self, fam, ix):
+        return _terms(self.d[ix], *zip(*[self.cols(r, ix) for r in fam]))
+
+
+def _model_diagnostics(sc, r, metrics, values_r, j, cache):
+    """metric -> tail diagnostic of model ``r``'s interval in slice ``j`` (defined metrics only)."""
+    e, ape = sc.cols(r)
+    dr = {}
+    for m in metrics:
+        if values_r[m][j] != values_r[m][j]:  # undefined metric: no interval to qualify
+            continue
+        if m == "mean_error":
+            x = e
+        elif m == "mae":
+            x = np.abs(e)
+        elif m == "rmse":
+            x = e * e
+        elif m == "mape":
+            x = ape
+        else:
+            # R^2 rests on two means, of e^2 and of (y - mean y)^2: it is as reliable as the worse of them
+            if "d2" not in cache:
+                cache["d2"] = _diagnose(sc.d * sc.d)
+            de, dd = _diagnose(e * e), cache["d2"]
+            dr[m] = dict(de if not de["reliable"] or dd["reliable"] else dd, term="e^2 and (y - mean y)^2")
+            if not de["reliable"] and not dd["reliable"]:
+                dr[m]["reason"] = f"e^2: {de['reason']}; (y - mean y)^2: {dd['reason']}"
+            continue
+        dr[m] = dict(_diagnose(x), term=TERM[m])
+    return dr
+
+
+def _family_sums(sc, fam):
+    """(exact-row terms, bulk (rows, mean, covariance factor) or None, plain sums S0) of one family in one slice."""
+    n = sc.n
+    k = len(fam)
+    if n <= K_EXACT:
+        exact = slice(None)
+        bulk = None
+    else:
+        # the K_EXACT rows with the largest standardised |d| or |e - mean e| get exact weights (not ape:
+        # it changes with a shift of the label, and the choice of rows must not); ties go to the first rows
+        score = np.abs(sc.d)
+        for r in fam:
+            e = sc.cols(r)[0]
+            score = np.maximum(score, np.abs(e - np.sum(e) / n))
+        exact = _top_rows(score, K_EXACT)
+        del score
+        is_bulk = np.ones(n, bool)
+        is_bulk[exact] = False
+    F = NC + NPER * k
+    X_exact = sc.terms(fam, exact)
+    S0 = np.zeros(F)
+    for lo in range(0, n, STEP):
+        S0 += sc.terms(fam, slice(lo, lo + STEP)).sum(axis=0)
+    if n > K_EXACT:
+        nb = n - K_EXACT
+        sum_b = S0 - X_exact.sum(axis=0)
+        mean_b = sum_b / nb
+        C = np.zeros((F, F))
+        for lo in range(0, n, STEP):
+            Xc = sc.terms(fam, slice(lo, lo + STEP))[is_bulk[lo:lo + STEP]] - mean_b
+            C += Xc.T @ Xc
+        bulk = (nb, mean_b, _factor(C, k))
+    return X_exact, bulk, S0
+
+
+def _family_replicates(sc, fam, fam_idx, j, metrics, values, reps, n_boot, seed):
+    """Bootstrap-t replicates of every defined metric of the family's models in slice ``j``, into ``reps``."""
+    n = sc.n
+    X_exact, bulk, S0 = _family_sums(sc, fam)
+    Wb, Sb = _replicate_sums(X_exact, bulk, n_boot, seed, fam_idx * 1_000_003 + j)
+    for q, r in enumerate(fam):
+        for m in metrics:
+            val = values[r][m][j]
+            if val != val:
+                continue
+            phi0, se0 = (x[0] for x in _phi_se(m, np.array([float(n)]), S0[None, :], q))
+            if not (np.isfinite(phi0) and se0 > 0):
+                # degenerate (e.g. a perfect model: every resample gives the same value)
+                reps[r][m][:, j] = val
+                continue
+            phi, se = _phi_se(m, Wb, Sb, q)
+            with np.errstate(all="ignore"):
+                t = np.where(se > 0, (phi - phi0) / se, np.where(phi == phi0, 0.0, np.nan))
+            # mean error is studentized on its own scale (the others on a log scale, free of units):
+            # back to the label's units
+            reps[r][m][:, j] = _reflect(m, val, se0 * (sc.scale[r][0] if m == "mean_error" else 1.0), t)
+
+
+def _delta_diagnostics(diag_j, fam, metrics):
+    """A paired delta's interval is as reliable as both models' intervals."""
+    b, c = fam
+    for m in metrics:
+        db, dc = diag_j["models"][b].get(m), diag_j["models"][c].get(m)
+        if db is None or dc is None:
+            continue
+        why = [f"{role}: {dd['reason']}" for role, dd in (("baseline", db), ("candidate", dc))
+               if not dd["reliable"]]
+        diag_j["delta"][m] = {"reliable": not why, "reason": "; ".join(why) or None}
+
+
 def compute(merged, slices, *, metrics, n_boot, seed, families, role_family):
+    """Point estimates, bootstrap-t replicates and tail diagnostics per slice (see the module docstring):
+    ``{"n", "n_positive", "values", "reasons", "reps", "diagnostics"}``."""
     S = len(slices)
     A = len(merged.atom_values)
     atom_in = np.stack([sl.atom_mask for sl in slices], axis=1) if A else np.zeros((0, S), bool)
-    roles = merged.spec.roles
+    roles = merged.config.roles
     y0 = merged.label
     keys = [merged.atom, y0] + [merged.preds[r] for r in roles]
     order = np.lexsort(keys[::-1]) if y0.size else np.zeros(0, np.int64)
@@ -251,139 +435,18 @@ def compute(merged, slices, *, metrics, n_boot, seed, families, role_family):
         if sel.all():
             sel = slice(None)  # every row (the overall slice): views, not copies
         ys = y[sel]
-        n = ys.size
+        n, sst, stats = _point_estimates(ys, preds, sel, roles, metrics, j, values, reasons)
         n_s[j] = n
-        mean_y = np.sum(ys) / n if n else 0.0
-        sst = float(np.sum((ys - mean_y) ** 2)) if n else 0.0
-        stats = {}
-        for r in roles:
-            e = preds[r][sel] - ys
-            if n:
-                ae = np.abs(e)
-                sse = float(np.sum(e * e))
-                sape = float(np.sum(ae / np.maximum(np.abs(ys), EPS)))
-                v = {"mae": float(np.sum(ae)) / n, "rmse": float(np.sqrt(sse / n)),
-                     "r2": 1 - sse / sst if (n >= 2 and sst > 0) else np.nan,
-                     "mape": sape / n, "mean_error": float(np.sum(e)) / n}
-                stats[r] = (sse, sape)
-            for m in metrics:
-                if n == 0:
-                    reasons[r][m][j] = "empty slice"
-                elif m == "r2" and n < 2:
-                    reasons[r][m][j] = "fewer than 2 rows"
-                elif m == "r2" and np.isnan(v["r2"]):
-                    reasons[r][m][j] = "constant label in the slice (total sum of squares is 0)"
-                else:
-                    values[r][m][j] = v[m]
-                    continue
-                values[r][m][j] = np.nan
         if not n_boot or n < 2:
             continue
-        # work in units where the label spread, each model's RMSE and MAPE are 1: the studentized statistics are
-        # scale-free, and unit-size columns keep the sums of 4th powers and the covariance well conditioned
-        sy = math.sqrt(sst / n) if sst > 0 else 1.0
-        # d = y - mean(y) measured from one of the slice's own rows: y - y_ref is exact for labels on a common grid
-        # whatever their offset, where y - mean(y) would carry the rounding of the offset's magnitude
-        yr = ys - ys[0]
-        d = (yr - np.sum(yr) / n) / sy
-        del yr
-        scale = {r: (math.sqrt(stats[r][0] / n) or 1.0, stats[r][1] / n or 1.0) for r in roles}
-        ps = {r: preds[r][sel] for r in roles}
-        ayinv = 1.0 / np.maximum(np.abs(ys), EPS)
-
-        def cols(r, ix=slice(None)):
-            e = ps[r][ix] - ys[ix]
-            return e / scale[r][0], np.abs(e) * ayinv[ix] / scale[r][1]
-
-        diag_j = {"models": {}, "delta": {}}
-        diag_cache = {}
-        for r in roles:
-            e, ape = cols(r)
-            dr = {}
-            for m in metrics:
-                if values[r][m][j] != values[r][m][j]:  # undefined metric: no interval to qualify
-                    continue
-                if m == "mean_error":
-                    x = e
-                elif m == "mae":
-                    x = np.abs(e)
-                elif m == "rmse":
-                    x = e * e
-                elif m == "mape":
-                    x = ape
-                else:
-                    # R^2 rests on two means, of e^2 and of (y - mean y)^2: it is as reliable as the worse of them
-                    if "d2" not in diag_cache:
-                        diag_cache["d2"] = _diagnose(d * d)
-                    de, dd = _diagnose(e * e), diag_cache["d2"]
-                    dr[m] = dict(de if not de["reliable"] or dd["reliable"] else dd, term="e^2 and (y - mean y)^2")
-                    if not de["reliable"] and not dd["reliable"]:
-                        dr[m]["reason"] = f"e^2: {de['reason']}; (y - mean y)^2: {dd['reason']}"
-                    continue
-                dr[m] = dict(_diagnose(x), term=TERM[m])
-            diag_j["models"][r] = dr
+        sc = _ScaledSlice(ys, preds, sel, roles, sst, stats)
+        cache = {}
+        diag_j = {"models": {r: _model_diagnostics(sc, r, metrics, values[r], j, cache) for r in roles},
+                  "delta": {}}
         diagnostics[j] = diag_j
-
         for fam_idx, fam in enumerate(families):
-            k = len(fam)
-            if n <= K_EXACT:
-                exact = slice(None)
-                bulk = None
-            else:
-                # the K_EXACT rows with the largest standardised |d| or |e - mean e| get exact weights (not ape:
-                # it changes with a shift of the label, and the choice of rows must not); ties go to the first rows
-                score = np.abs(d)
-                for r in fam:
-                    e = cols(r)[0]
-                    score = np.maximum(score, np.abs(e - np.sum(e) / n))
-                exact = _top_rows(score, K_EXACT)
-                del score
-                is_bulk = np.ones(n, bool)
-                is_bulk[exact] = False
-
-            def block_terms(ix):
-                return _terms(d[ix], *zip(*[cols(r, ix) for r in fam]))
-
-            F = NC + NPER * k
-            X_exact = block_terms(exact)
-            S0 = np.zeros(F)
-            for lo in range(0, n, STEP):
-                S0 += block_terms(slice(lo, lo + STEP)).sum(axis=0)
-            if n > K_EXACT:
-                nb = n - K_EXACT
-                sum_b = S0 - X_exact.sum(axis=0)
-                mean_b = sum_b / nb
-                C = np.zeros((F, F))
-                for lo in range(0, n, STEP):
-                    Xc = block_terms(slice(lo, lo + STEP))[is_bulk[lo:lo + STEP]] - mean_b
-                    C += Xc.T @ Xc
-                bulk = (nb, mean_b, _factor(C, k))
-            Wb, Sb = _replicate_sums(X_exact, bulk, n_boot, seed, fam_idx * 1_000_003 + j)
-            for q, r in enumerate(fam):
-                for m in metrics:
-                    val = values[r][m][j]
-                    if val != val:
-                        continue
-                    phi0, se0 = (x[0] for x in _phi_se(m, np.array([float(n)]), S0[None, :], q))
-                    if not (np.isfinite(phi0) and se0 > 0):
-                        # degenerate (e.g. a perfect model: every resample gives the same value)
-                        reps[r][m][:, j] = val
-                        continue
-                    phi, se = _phi_se(m, Wb, Sb, q)
-                    with np.errstate(all="ignore"):
-                        t = np.where(se > 0, (phi - phi0) / se, np.where(phi == phi0, 0.0, np.nan))
-                    # mean error is studentized on its own scale (the others on a log scale, free of units):
-                    # back to the label's units
-                    reps[r][m][:, j] = _reflect(m, val, se0 * (scale[r][0] if m == "mean_error" else 1.0), t)
+            _family_replicates(sc, fam, fam_idx, j, metrics, values, reps, n_boot, seed)
         if len(families) and len(families[0]) == 2:
-            b, c = families[0]
-            for m in metrics:
-                db, dc = diag_j["models"][b].get(m), diag_j["models"][c].get(m)
-                if db is None or dc is None:
-                    continue
-                why = [f"{role}: {dd['reason']}" for role, dd in (("baseline", db), ("candidate", dc))
-                       if not dd["reliable"]]
-                diag_j["delta"][m] = {"reliable": not why, "reason": "; ".join(why) or None}
+            _delta_diagnostics(diag_j, families[0], metrics)
     return {"n": n_s, "n_positive": None, "values": values, "reasons": reasons, "reps": reps,
             "diagnostics": diagnostics}
-

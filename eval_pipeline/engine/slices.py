@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .accumulate import Merged, _value_sort_key
+from .accumulate import Merged, bin_labels, value_sort_key
 from .config import SliceConfig
 from .errors import EngineInputError
 
@@ -41,7 +41,7 @@ def validate_config(cfg: SliceConfig):
 
 
 def build_slices(merged: Merged, cfg: SliceConfig) -> tuple[list[SliceDef], list[str]]:
-    cols = merged.spec.slice_columns
+    cols = merged.config.slice_columns
     n_atoms = len(merged.atom_values)
     atom_n = merged.atom_n
     warnings: list[str] = []
@@ -54,15 +54,15 @@ def build_slices(merged: Merged, cfg: SliceConfig) -> tuple[list[SliceDef], list
         counts: dict = {}
         for v, k in zip(vals, atom_n.tolist()):
             counts[v] = counts.get(v, 0) + k
-        if c in merged.spec.bins:
-            n_edges = len(merged.spec.bins[c])
+        if c in merged.config.bins:
+            n_edges = len(merged.config.bins[c])
             # interior bins always (possibly empty); outer and null bins only when present
             order = [g for g in range(n_edges + 2) if 1 <= g < n_edges or counts.get(g, 0) > 0]
             kept[c] = order
         else:
-            order = sorted(counts, key=_value_sort_key)
+            order = sorted(counts, key=value_sort_key)
             if len(order) > cfg.max_values:
-                top = sorted(order, key=lambda v: (-counts[v], _value_sort_key(v)))[: cfg.max_values]
+                top = sorted(order, key=lambda v: (-counts[v], value_sort_key(v)))[: cfg.max_values]
                 topset = set(map(_hashable, top))
                 warnings.append(
                     f"slice column '{c}' has {len(order)} distinct values; kept the {cfg.max_values} largest "
@@ -72,10 +72,8 @@ def build_slices(merged: Merged, cfg: SliceConfig) -> tuple[list[SliceDef], list
             kept[c] = order
 
     def label(c, v):
-        if c in merged.spec.bins:
-            from .accumulate import _bin_labels
-
-            return _bin_labels(list(merged.spec.bins[c]))[v]
+        if c in merged.config.bins:
+            return bin_labels(list(merged.config.bins[c]))[v]
         return "null" if v is None else str(v)
 
     singles = list(cfg.columns) + [c for c in cfg.bins if c not in cfg.columns and not any(c in cr for cr in cfg.crosses)]

@@ -31,7 +31,9 @@ import weakref
 
 import numpy as np
 
-from .exact import ExactSum, add_grouped
+from .binary_stats import CHUNK, add_rows, atom_stats, empty_stats, rank_metrics_keys, sorted_union, split_keys
+from .errors import EngineInputError
+from .storage import MemoryStorage
 
 DEFAULT_SPILL_ROWS = 2_000_000
 MAX_MERGE = 1 << 20  # keys per merged chunk (upper bound)
@@ -39,13 +41,12 @@ INF_KEY = np.iinfo(np.int64).max
 
 
 # ----------------------------------------------------------------------------------------------- configuration
-class SpillConfig:
-    """Where and when to spill; owns the (lazily created) private temp directory."""
+class DiskStorage(MemoryStorage):
+    """The binary family's external-memory storage: where and when to spill; owns the (lazily created) private temp
+    directory; reads runs and row pieces back (:meth:`role_scores`, :meth:`load_rows`)."""
 
     def __init__(self, spill_dir: str | None, spill_rows: int):
         if int(spill_rows) < 1:
-            from .errors import EngineInputError
-
             raise EngineInputError(f"spill_rows: expected an integer >= 1, got {spill_rows!r}")
         self.parent = spill_dir
         self.rows = int(spill_rows)
@@ -76,8 +77,30 @@ class SpillConfig:
     def budget(self) -> int:
         return max(16, min(self.rows, MAX_MERGE))
 
+    # -- the storage strategy (see .storage.MemoryStorage)
+    def added(self, store, n_new: int) -> None:
+        store.mem_rows += n_new
+        if store.mem_rows >= self.rows:
+            spill_store(self, store)
 
-def resolve(spill_dir=None, spill_rows=None) -> SpillConfig | None:
+    def flush(self, store) -> None:
+        spill_store(self, store)  # everything goes to disk before the extract step
+
+    @staticmethod
+    def load_rows(piece) -> dict:
+        return piece.load() if isinstance(piece, SpilledRows) else piece
+
+    @staticmethod
+    def remap_rows(piece, lut):
+        if isinstance(piece, SpilledRows):
+            return piece.remapped(lut)
+        return MemoryStorage.remap_rows(piece, lut)
+
+    def role_scores(self, role_runs: dict, n_atoms: int) -> "StreamedScores":
+        return StreamedScores(self, role_runs)
+
+
+def resolve(spill_dir=None, spill_rows=None) -> DiskStorage | None:
     """None (in-memory) unless ``spill_dir`` / ``spill_rows`` or ``EVAL_ENGINE_SPILL_ROWS`` / ``_DIR`` is set."""
     if spill_dir is None and spill_rows is None:
         env_rows = os.environ.get("EVAL_ENGINE_SPILL_ROWS")
@@ -86,13 +109,7 @@ def resolve(spill_dir=None, spill_rows=None) -> SpillConfig | None:
             return None
         spill_rows = int(env_rows) if env_rows else None
         spill_dir = env_dir or None
-    return SpillConfig(spill_dir, DEFAULT_SPILL_ROWS if spill_rows is None else spill_rows)
-
-
-def cleanup(spec):
-    cfg = getattr(spec, "spill", None)
-    if cfg is not None:
-        cfg.cleanup()
+    return DiskStorage(spill_dir, DEFAULT_SPILL_ROWS if spill_rows is None else spill_rows)
 
 
 # ----------------------------------------------------------------------------------------------- runs on disk
@@ -117,7 +134,7 @@ def _load(run) -> np.ndarray:
 
 
 class SpilledRows:
-    """A row piece (labels and every model's scores, grouped by atom; see ``.binary_cells.add_binary``) stored in a
+    """A row piece (labels and every model's scores, grouped by atom; see ``.binary_cells.add_rows``) stored in a
     raw file; the small segment arrays stay in memory."""
 
     __slots__ = ("path", "offset", "n", "roles", "seg_atom", "seg_bounds")
@@ -141,22 +158,12 @@ class SpilledRows:
         return out
 
 
-def load_rows(piece) -> dict:
-    return piece.load() if isinstance(piece, SpilledRows) else piece
-
-
-def remap_rows(piece, lut):
-    if isinstance(piece, SpilledRows):
-        return piece.remapped(lut)
-    return dict(piece, seg_atom=lut[piece["seg_atom"]].astype(np.int32))
-
-
-def _spill_rows(cfg, acc):
-    mem = [p for p in acc.rows if not isinstance(p, SpilledRows)]
+def _spill_rows(cfg, store):
+    mem = [p for p in store.rows if not isinstance(p, SpilledRows)]
     if not mem:
         return
     path = cfg.new_path(".rows")
-    kept, off = [p for p in acc.rows if isinstance(p, SpilledRows)], 0
+    kept, off = [p for p in store.rows if isinstance(p, SpilledRows)], 0
     with open(path, "wb") as f:
         for p in mem:
             roles = [k[len("score:"):] for k in p if k.startswith("score:")]
@@ -166,15 +173,14 @@ def _spill_rows(cfg, acc):
                 p[f"score:{r}"].astype("<f8", copy=False).tofile(f)
             kept.append(SpilledRows(path, off, n, roles, p["seg_atom"], p["seg_bounds"]))
             off += n * (1 + 8 * len(roles))
-    acc.rows = kept
+    store.rows = kept
 
 
-def spill_accumulator(spec, acc):
-    """Write every in-memory run and row piece of ``acc`` to disk (runs: one file per role, atoms consecutive, each
+def spill_store(cfg, store):
+    """Write every in-memory run and row piece of ``store`` to disk (runs: one file per role, atoms consecutive, each
     atom sorted; row pieces: one file per spill)."""
-    cfg = spec.spill
-    _spill_rows(cfg, acc)
-    for role, runs in acc.runs.items():
+    _spill_rows(cfg, store)
+    for role, runs in store.runs.items():
         path = None
         f = None
         off = 0
@@ -196,15 +202,7 @@ def spill_accumulator(spec, acc):
         finally:
             if f is not None:
                 f.close()
-    acc.mem_rows = 0
-
-
-def maybe_spill(spec, acc, n_new: int):
-    if getattr(spec, "spill", None) is None:
-        return
-    acc.mem_rows += n_new
-    if acc.mem_rows >= spec.spill.rows:
-        spill_accumulator(spec, acc)
+    store.mem_rows = 0
 
 
 # ----------------------------------------------------------------------------------------------- k-way merge
@@ -266,49 +264,35 @@ def atom_size(runs) -> int:
     return int(sum(r.size for r in runs))
 
 
-def atom_stats(runs, threshold, ece_edges, limit, budget, eps=None):
-    """The same dict as ``binary._atom_stats`` for the union of ``runs`` (bit-identical)."""
-    from .binary import EPS, _atom_stats
+class StreamedScores:
+    """One model's runs per atom, on disk: an atom or slice of at most ``spill_rows`` rows is loaded and handed to the
+    in-memory functions; a larger one is streamed through a k-way merge (same numbers)."""
 
-    n = atom_size(runs)
-    if n <= limit:
-        parts = [_load(r) for r in runs]
-        k = np.sort(np.concatenate(parts)) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, np.int64))
-        return _atom_stats((k >> 1).view(np.float64), (k & 1).astype(np.int8), threshold, ece_edges,
-                           EPS if eps is None else eps)
-    E = ece_edges.size - 1
-    inner = ece_edges[1:-1]
-    eps = EPS if eps is None else eps
-    ll_sum, br_sum, s_sums = ExactSum(), ExactSum(), [ExactSum() for _ in range(E)]
-    ycnt = np.zeros(E, dtype=np.int64)
-    P = idx = fn = 0
-    for key in merge_chunks(runs, budget):
-        s = (key >> 1).view(np.float64)
-        y = (key & 1).astype(np.int8)
-        P += int(np.count_nonzero(y))
-        i = int(np.searchsorted(s, threshold, side="left"))
-        idx += i
-        fn += int(np.count_nonzero(y[:i]))
-        p1 = np.where(y == 1, s, 1 - s)
-        ll_sum.add(-np.log(np.clip(p1, eps, 1 - eps)))
-        br_sum.add((s - y) ** 2)
-        b = np.concatenate([[0], np.searchsorted(s, inner, side="left"), [s.size]])
-        add_grouped(s_sums, s, np.repeat(np.arange(E), np.diff(b)))
-        ycnt += np.diff(np.concatenate([[0], np.cumsum(y, dtype=np.int64)])[b])
-    return {"n": n, "P": P, "tp": P - fn, "fp": (n - idx) - (P - fn), "ll": ll_sum, "br": br_sum,
-            "ysum": ycnt.astype(np.float64), "ssum": s_sums}
+    def __init__(self, cfg: DiskStorage, role_runs: dict):
+        self.cfg, self.runs = cfg, role_runs
+
+    def atom_stats(self, aid: int, threshold: float, ece_edges: np.ndarray, eps: float) -> dict:
+        runs = self.runs.get(aid, [])
+        if atom_size(runs) <= self.cfg.rows:
+            return atom_stats(*split_keys(sorted_union([_load(r) for r in runs])), threshold, ece_edges, eps)
+        stats = empty_stats(ece_edges.size - 1)
+        for key in merge_chunks(runs, self.cfg.budget):
+            add_rows(stats, *split_keys(key), threshold, ece_edges, eps)
+        return stats
+
+    def rank_metrics(self, atoms: np.ndarray, n: int, P: int) -> tuple[float, float]:
+        runs = [r for a in atoms for r in self.runs.get(int(a), [])]
+        return rank_metrics(runs, n, P, self.cfg.rows, self.cfg.budget, self.cfg)
 
 
 def rank_metrics(runs, n, P, limit, budget, cfg):
-    """``binary._rank_metrics_keys`` of the sorted union of ``runs`` (n rows, P positives), bit-identical."""
-    from .binary import _CHUNK, _rank_metrics_keys
-
+    """``.binary_stats.rank_metrics_keys`` of the sorted union of ``runs`` (n rows, P positives), bit-identical."""
     if n <= limit:
         parts = [_load(r) for r in runs]
         k = np.concatenate(parts) if len(parts) > 1 else parts[0]
         if len(parts) > 1:
             k.sort()
-        return _rank_metrics_keys(k)
+        return rank_metrics_keys(k)
     N = n - P
     u2 = 0
     ties = False
@@ -368,8 +352,8 @@ def rank_metrics(runs, n, P, limit, budget, cfg):
                 if N:
                     auc = (u2 // 2) / (P * N)
                 tot = 0.0
-                for a in range(0, n_terms, _CHUNK):
-                    tot += float(np.sum(np.fromfile(tpath, dtype="<f8", count=min(_CHUNK, n_terms - a),
+                for a in range(0, n_terms, CHUNK):
+                    tot += float(np.sum(np.fromfile(tpath, dtype="<f8", count=min(CHUNK, n_terms - a),
                                                      offset=8 * a)))
                 ap = tot / P
             else:

@@ -117,6 +117,11 @@ def _with_reps(result, key, reps):
     return r2
 
 
+def _overall(result):
+    """The result's overall slice entry."""
+    return next(s for s in result.slices if s["slice"] == "overall")
+
+
 def _synthetic(reps_by_slice, value=0.9, n=1000, confidence=0.95):
     """A one-model result with one slice per entry (accuracy value ``value``) and the given replicate arrays, so the
     p-values of an absolute gate are known exactly."""
@@ -314,7 +319,7 @@ def test_gate_decisions_match_statsmodels(method, sm, no_gc):
 
 
 def test_power_fields_and_n_needed(result):
-    acc = result.slice_by_name("overall")["models"]["candidate"]["accuracy"]["value"]
+    acc = _overall(result)["models"]["candidate"]["accuracy"]["value"]
     gates = [GateDef("accuracy", "non_inferiority", margin=0.0, slices="all"),
              GateDef("roc_auc", "absolute", min=0.5, max=0.99, slices="all"),
              GateDef("accuracy", "absolute", min=acc - 0.003, slices="all")]  # close to the estimates: undecided

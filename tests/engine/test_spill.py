@@ -49,7 +49,7 @@ def test_spill_runs_are_on_disk_and_removed(tmp_path):
     accs = [comb.create_accumulator() for _ in range(3)]
     for i, ch in enumerate(_chunks(df, 250)):
         comb.add_batch(accs[i % 3], ch)
-    spilled = [r for a in accs for runs in a.runs.values() for lst in runs.values() for r in lst
+    spilled = [r for a in accs for runs in a.store.runs.values() for lst in runs.values() for r in lst
                if isinstance(r, SpilledRun)]
     assert len(spilled) > 20
     (d,) = os.listdir(tmp_path)
