@@ -9,6 +9,8 @@ mix inputs. A candidate is compared with its recorded baseline; without one (mon
 champion yet) only absolute gates apply.
 """
 
+import functools
+
 import dagster as dg
 
 from eval_pipeline import pipeline, report
@@ -27,31 +29,58 @@ INPUT_ERRORS = (ScoringError, RegistryError, DataError, pipeline.EvaluationError
 
 def build_evaluation_assets(spec: EvalSpec) -> list:
     parts = evaluations_partitions(spec)
-    release_gates = _gates_asset(spec, parts)
-    return [_predictions_asset(spec, parts), _evaluation_asset(spec, parts), release_gates,
-            _gates_check(spec, release_gates), _report_asset(spec, parts), _promotion_asset(spec, parts)]
+    step = functools.partial(_step_asset, spec, parts)
+    predictions = step(
+        "predictions", ["dataset_snapshot"], {"parquet"}, _score, _predictions_metadata,
+        retry_policy=dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL),
+        description="Scores of the candidate version and of the recorded baseline on the evaluation rows of the "
+                    "partition's snapshot, in batches. Artifacts are loaded only after their sha256 matches both the "
+                    "manifest and the run's recorded sha256.")
+    evaluation = step(
+        "evaluation", ["predictions"], {"python"}, _metrics, _evaluation_metadata,
+        description="Metrics overall and per slice with Poisson-bootstrap intervals, and paired candidate-minus-"
+                    "baseline deltas on the same resamples (skipped when the evidence set of these inputs is already "
+                    "complete).")
+    # The report comes before the gates' result JSON: the result is written last and completes the evidence set,
+    # and a FAIL is still explained (the blocking gates check stops promotion, not the report).
+    decision_report = step(
+        "decision_report", ["evaluation", "drift_report"], {"html"}, _report, _report_metadata,
+        description="The decision report: verdict, deciding gates, overall and slice tables, data quality, drift, "
+                    "reproducibility manifest. Markdown here, self-contained HTML in the lake. Written for every "
+                    "verdict (a FAIL needs explaining most).")
+    release_gates = step(
+        "release_gates", ["evaluation", "decision_report"], {"python"}, _decide, _gates_metadata,
+        description="Gates decided on the interval of the delta (non-inferiority) or of the value (absolute), with "
+                    "multiplicity control. Writes the result JSON, last: it completes the evidence set.")
+    return [predictions, evaluation, release_gates, _gates_check(spec, release_gates), decision_report,
+            _promotion_asset(spec, parts)]
 
 
-def _partitioned_asset(spec: EvalSpec, parts: dg.PartitionsDefinition, name: str, deps: list, kinds: set[str],
-                       description: str, **kwargs):
-    """The decorator of one partitioned evaluation asset (one partition per evaluated version and snapshot)."""
-    return dg.asset(key=key(spec, name), group_name=spec.task, partitions_def=parts,
-                    deps=[key(spec, d) for d in deps], kinds=kinds, description=description, **kwargs)
+def _step_asset(spec: EvalSpec, parts: dg.PartitionsDefinition, name: str, deps: list[str], kinds: set[str],
+                step, metadata, description: str, **kwargs) -> dg.AssetsDefinition:
+    """One partitioned evaluation asset (a partition per evaluated version and snapshot): run a pipeline step on this
+    run's inputs and describe what it produced: ``step(ctx, inputs)``, ``metadata(context, ctx, inputs, output)``."""
+
+    @dg.asset(key=key(spec, name), group_name=spec.task, partitions_def=parts, deps=[key(spec, d) for d in deps],
+              kinds=kinds, description=description, **kwargs)
+    def _asset(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
+               run_inputs: RunInputsResource) -> dg.MaterializeResult:
+        ctx, inputs = _run_context(context, spec, lake, settings, run_inputs)
+        try:
+            out = step(ctx, inputs)
+        except INPUT_ERRORS as exc:
+            # Bad input does not heal on a retry (a tampered file, a model that raises, an unvalidated snapshot):
+            # fail once, clearly. Transient storage faults (OSError and friends) still get the retry policy.
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        return dg.MaterializeResult(metadata={**_inputs_metadata(ctx, inputs), **metadata(context, ctx, inputs, out)})
+
+    return _asset
 
 
 def _run_context(context, spec: EvalSpec, lake: LakeResource, settings: SettingsResource,
                  run_inputs: RunInputsResource) -> tuple[pipeline.TaskContext, pipeline.EvalInputs]:
     """The task and this run's own inputs (partition key and run config)."""
     return task_context(spec, lake, settings), inputs_of_run(context, run_inputs)
-
-
-def _step(run):
-    """Run a pipeline step; bad input does not heal on a retry (a tampered file, a model that raises, an unvalidated
-    snapshot): fail once, clearly. Transient storage faults (OSError and friends) still get the retry policy."""
-    try:
-        return run()
-    except INPUT_ERRORS as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 
 def _inputs_metadata(ctx, inputs: pipeline.EvalInputs) -> dict:
@@ -82,100 +111,64 @@ def _overall_table(metrics: dict) -> str:
     return md_table(header, rows)
 
 
-def _predictions_asset(spec: EvalSpec, parts: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @_partitioned_asset(spec, parts, "predictions", ["dataset_snapshot"], {"parquet"},
-                      retry_policy=dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL),
-                      description="Scores of the candidate version and of the recorded baseline on the evaluation "
-                                  "rows of the partition's snapshot, in batches. Artifacts are loaded only after "
-                                  "their sha256 matches both the manifest and the run's recorded sha256.")
-    def predictions(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
-                    run_inputs: RunInputsResource) -> dg.MaterializeResult:
-        ctx, inputs = _run_context(context, spec, lake, settings, run_inputs)
-        # the run's own snapshot: refused, never swapped, when it is not validated
-        scored = _step(lambda: pipeline.score(ctx, pipeline.run_snapshot(ctx, inputs), inputs))
-        for role, s in scored.items():
-            how = "(cached)" if s["cached"] else f"in {s.get('seconds')} s"
-            context.log.info(f"{role} {s['model']}@{s['version']}: {s['rows']} rows {how}")
-        return dg.MaterializeResult(metadata={
-            **_inputs_metadata(ctx, inputs),
-            "dagster/row_count": scored["candidate"]["rows"],
+# -- the steps, each on the run's own snapshot (refused, never swapped, when not validated), and their metadata
+def _score(ctx: pipeline.TaskContext, inputs: pipeline.EvalInputs) -> dict:
+    return pipeline.score(ctx, pipeline.run_snapshot(ctx, inputs), inputs)
+
+
+def _predictions_metadata(context, ctx, inputs, scored: dict) -> dict:
+    for role, s in scored.items():
+        how = "(cached)" if s["cached"] else f"in {s.get('seconds')} s"
+        context.log.info(f"{role} {s['model']}@{s['version']}: {s['rows']} rows {how}")
+    return {"dagster/row_count": scored["candidate"]["rows"],
             "models": dg.MetadataValue.md(md_table(["role", "model", "sha256", "rows", "cached"], [
                 [role, f"{s['model']}@{s['version']}", s["sha256"][:16], s["rows"], s["cached"]]
-                for role, s in scored.items()])),
-        })
-
-    return predictions
+                for role, s in scored.items()]))}
 
 
-def _evaluation_asset(spec: EvalSpec, parts: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @_partitioned_asset(spec, parts, "evaluation", ["predictions"], {"python"},
-                      description="Metrics overall and per slice with Poisson-bootstrap intervals, and paired "
-                                  "candidate-minus-baseline deltas on the same resamples (skipped when the evidence "
-                                  "set of these inputs is already complete).")
-    def evaluation(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
-                   run_inputs: RunInputsResource) -> dg.MaterializeResult:
-        ctx, inputs = _run_context(context, spec, lake, settings, run_inputs)
-        reused = pipeline.evidence_complete(ctx, inputs)
-        metrics = _step(lambda: pipeline.compute_metrics(ctx, pipeline.run_snapshot(ctx, inputs), inputs))
-        if reused:
-            context.log.info(f"evidence {pipeline.evaluation_dir(ctx, inputs)} is complete: re-used, nothing written")
-        slices = metrics["slices"]
-        for warning in metrics.get("warnings", []):
-            context.log.warning(warning)
-        return dg.MaterializeResult(metadata={
-            **_inputs_metadata(ctx, inputs),
-            "reused": reused,
+def _metrics(ctx: pipeline.TaskContext, inputs: pipeline.EvalInputs) -> tuple[bool, dict]:
+    reused = pipeline.evidence_complete(ctx, inputs)
+    return reused, pipeline.compute_metrics(ctx, pipeline.run_snapshot(ctx, inputs), inputs)
+
+
+def _evaluation_metadata(context, ctx, inputs, out: tuple[bool, dict]) -> dict:
+    reused, metrics = out
+    if reused:
+        context.log.info(f"evidence {pipeline.evaluation_dir(ctx, inputs)} is complete: re-used, nothing written")
+    slices = metrics["slices"]
+    for warning in metrics.get("warnings", []):
+        context.log.warning(warning)
+    return {"reused": reused,
             "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in metrics.get("warnings", [])) or "none"),
             "rows": metrics["n_rows"],
             "slices_evaluated": sum(1 for s in slices if s.get("status") == "ok"),
             "slices_too_small": sum(1 for s in slices if s.get("status") != "ok"),
-            "overall": dg.MetadataValue.md(_overall_table(metrics)),
-        })
-
-    return evaluation
+            "overall": dg.MetadataValue.md(_overall_table(metrics))}
 
 
-def _report_asset(spec: EvalSpec, parts: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    # The report comes before the gates' result JSON: the result is written last and completes the evidence set,
-    # and a FAIL is still explained (the blocking gates check stops promotion, not the report).
-    @_partitioned_asset(spec, parts, "decision_report", ["evaluation", "drift_report"], {"html"},
-                      description="The decision report: verdict, deciding gates, overall and slice tables, data "
-                                  "quality, drift, reproducibility manifest. Markdown here, self-contained HTML in "
-                                  "the lake. Written for every verdict (a FAIL needs explaining most).")
-    def decision_report(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
-                        run_inputs: RunInputsResource) -> dg.MaterializeResult:
-        ctx, inputs = _run_context(context, spec, lake, settings, run_inputs)
-        out = _step(lambda: pipeline.write_report(ctx, pipeline.run_snapshot(ctx, inputs), inputs))
-        context.log.info(f"report: {out['html_uri']}")
-        return dg.MaterializeResult(metadata={**_inputs_metadata(ctx, inputs), "verdict": out["verdict"],
-                                              "report": dg.MetadataValue.md(out["markdown"]),
-                                              "html": dg.MetadataValue.path(out["html_uri"])})
-
-    return decision_report
+def _report(ctx: pipeline.TaskContext, inputs: pipeline.EvalInputs) -> dict:
+    return pipeline.write_report(ctx, pipeline.run_snapshot(ctx, inputs), inputs)
 
 
-def _gates_asset(spec: EvalSpec, parts: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @_partitioned_asset(spec, parts, "release_gates", ["evaluation", "decision_report"], {"python"},
-                      description="Gates decided on the interval of the delta (non-inferiority) or of the value "
-                                  "(absolute), with multiplicity control. Writes the result JSON, last: it completes "
-                                  "the evidence set.")
-    def release_gates(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
-                      run_inputs: RunInputsResource) -> dg.MaterializeResult:
-        ctx, inputs = _run_context(context, spec, lake, settings, run_inputs)
-        result = _step(lambda: pipeline.decide(ctx, pipeline.run_snapshot(ctx, inputs), inputs))
-        counts = result["gate_summary"].get("counts", {})
-        context.log.info(f"verdict for {ctx.model_name}@{inputs.version}: {result['verdict']} {counts}")
-        return dg.MaterializeResult(metadata={
-            **_inputs_metadata(ctx, inputs),
-            "verdict": result["verdict"],
+def _report_metadata(context, ctx, inputs, out: dict) -> dict:
+    context.log.info(f"report: {out['html_uri']}")
+    return {"verdict": out["verdict"], "report": dg.MetadataValue.md(out["markdown"]),
+            "html": dg.MetadataValue.path(out["html_uri"])}
+
+
+def _decide(ctx: pipeline.TaskContext, inputs: pipeline.EvalInputs) -> dict:
+    return pipeline.decide(ctx, pipeline.run_snapshot(ctx, inputs), inputs)
+
+
+def _gates_metadata(context, ctx, inputs, result: dict) -> dict:
+    counts = result["gate_summary"].get("counts", {})
+    context.log.info(f"verdict for {ctx.model_name}@{inputs.version}: {result['verdict']} {counts}")
+    return {"verdict": result["verdict"],
             "mode": result["mode"],
             "candidate": result["candidate"]["ref"],
             **{f"gates_{k.lower()}": int(v) for k, v in counts.items()},
             "gates": dg.MetadataValue.md(md_table(report.GATE_HEADER, report.gate_rows(result))),
-            "result_json": dg.MetadataValue.path(ctx.lake.uri(result["paths"]["result"])),
-        })
-
-    return release_gates
+            "result_json": dg.MetadataValue.path(ctx.lake.uri(result["paths"]["result"]))}
 
 
 def _gates_check(spec: EvalSpec, release_gates: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
@@ -203,11 +196,11 @@ def _gates_check(spec: EvalSpec, release_gates: dg.AssetsDefinition) -> dg.Asset
 
 
 def _promotion_asset(spec: EvalSpec, parts: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @_partitioned_asset(spec, parts, "champion_promotion", ["release_gates"], {"python"},
-                      description="Opt-in (EVAL_PROMOTE_ON_PASS or monitoring.promote_on_pass): a PASSing candidate "
-                                  "becomes champion, with an audit record — only if the champion is still the "
-                                  "baseline it was evaluated against (compare-and-swap). Never on FAIL or "
-                                  "INCONCLUSIVE.")
+    @dg.asset(key=key(spec, "champion_promotion"), group_name=spec.task, partitions_def=parts,
+              deps=[key(spec, "release_gates")], kinds={"python"},
+              description="Opt-in (EVAL_PROMOTE_ON_PASS or monitoring.promote_on_pass): a PASSing candidate becomes "
+                          "champion, with an audit record — only if the champion is still the baseline it was "
+                          "evaluated against (compare-and-swap). Never on FAIL or INCONCLUSIVE.")
     def champion_promotion(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
                            run_inputs: RunInputsResource) -> dg.MaterializeResult:
         ctx, inputs = _run_context(context, spec, lake, settings, run_inputs)

@@ -133,35 +133,25 @@ class Lake:
 
     def ls(self, rel: str, detail: bool = False) -> list:
         """Direct children of a folder (lake-relative names), [] if it does not exist. Temp files are hidden."""
-        p = self.path(rel)
-        try:
-            entries = self.fs.ls(p, detail=True)
-        except FileNotFoundError:
-            return []
-        out = []
-        for e in entries:
-            name = e["name"].rstrip("/")
-            if posixpath.basename(name).startswith(".tmp-") or name.rstrip("/") == p.rstrip("/"):
-                continue
-            if detail:
-                out.append({**e, "rel": self.rel(name)})
-            else:
-                out.append(self.rel(name))
-        return sorted(out, key=lambda e: e["rel"] if detail else e)
+        p = self.path(rel).rstrip("/")
+        entries = [(self.rel(name), e) for name, e in self._listing("ls", rel) if name != p]
+        return [{**e, "rel": r} for r, e in entries] if detail else [r for r, _ in entries]
 
     def find(self, rel: str) -> list[dict]:
         """All files below a folder with size and modification time, sorted by path."""
-        p = self.path(rel)
+        return [{"rel": self.rel(name), "size": info.get("size"), "mtime": _mtime(info)}
+                for name, info in self._listing("find", rel)]
+
+    def _listing(self, how: str, rel: str) -> list[tuple[str, dict]]:
+        """fsspec's detailed ``ls`` or ``find`` of a folder as (name, info) sorted by name, without the temp files of
+        writes in progress; [] if the folder does not exist."""
         try:
-            found = self.fs.find(p, detail=True)
+            found = getattr(self.fs, how)(self.path(rel), detail=True)
         except FileNotFoundError:
             return []
-        out = []
-        for name, info in found.items():
-            if posixpath.basename(name).startswith(".tmp-"):
-                continue
-            out.append({"rel": self.rel(name), "size": info.get("size"), "mtime": _mtime(info)})
-        return sorted(out, key=lambda e: e["rel"])
+        items = found.items() if isinstance(found, dict) else ((e["name"], e) for e in found)
+        named = ((name.rstrip("/"), info) for name, info in items)
+        return sorted(((n, i) for n, i in named if not posixpath.basename(n).startswith(".tmp-")), key=lambda t: t[0])
 
     def info(self, rel: str) -> dict:
         info = self.fs.info(self.path(rel))

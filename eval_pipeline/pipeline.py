@@ -22,17 +22,13 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 
 from .lake import Lake, LakeError
+from .packages import package_versions
 from .registry import ModelManifest, Registry
 from .scoring import predictions_path, score_columns, score_model
 from .snapshot import DataError, Snapshot, eval_rows, latest_pointer, load_snapshot, read_window, refresh_snapshot
 from .spec import EvalSpec, spec_text_from
-
-PACKAGES = ("eval-pipeline", "dagster", "pandas", "numpy", "pyarrow", "scikit-learn", "great-expectations",
-            "evidently", "s3fs", "skops")
-
 
 class EvaluationError(ValueError):
     """A step that cannot proceed; the message says which input is at fault."""
@@ -55,16 +51,6 @@ class TaskContext:
     @property
     def model_name(self) -> str:
         return self.spec.model.name
-
-
-def package_versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 # -- dataset and data quality ----------------------------------------------------------------------------------------
@@ -518,7 +504,7 @@ def write_report(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dict:
     quality = ctx.lake.read_json(quality_paths(ctx, snap)[0])
     drift_rel = f"drift/{ctx.task}/{snap.snapshot_id}/drift.json"
     drift_summary = ctx.lake.read_json(drift_rel) if ctx.lake.exists(drift_rel) else None
-    md = render_markdown(result, quality, drift_summary, spec=ctx.spec)
+    md = render_markdown(result, quality, drift_summary)
     # The report names lake files relative to the lake root, like the result JSON (same bytes in any lake); the
     # HTML (plots from the evaluation rows, streamed) is eval_pipeline.report_html's.
     return write_report_files(ctx, snap, inputs, result, quality, drift_summary, md, paths)

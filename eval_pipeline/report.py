@@ -1,13 +1,13 @@
-"""The decision report: what a person needs to act on an evaluation, as markdown (Dagster UI) and one HTML file.
+"""The decision report: what a person needs to act on an evaluation, as markdown (Dagster UI); the HTML file, with
+its plots, is eval_pipeline.report_html's (it shares the helpers here).
 
 Order follows the reader's questions: what is the verdict, which gates decided it, how do the models compare overall
 and per slice, was the data sound, has it drifted, and how to reproduce the result.
 """
 
-import html
 import math
 
-from .spec import EvalSpec
+from .markdown import md_table
 
 VERDICT_COLOURS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "INCONCLUSIVE": "#9a6700"}
 
@@ -70,13 +70,6 @@ def slice_rows(result: dict, metrics: list[str] | None = None) -> tuple[list[str
     return header, rows
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    esc = lambda c: str(c).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _summary_sentence(result: dict) -> str:
     v = result["verdict"]
     cand = result["candidate"]["ref"]
@@ -102,14 +95,14 @@ def _what_changes(result: dict) -> list[str]:
     ]
 
 
-def render_markdown(result: dict, quality: dict, drift: dict | None, spec: EvalSpec | None = None) -> str:
+def render_markdown(result: dict, quality: dict, drift: dict | None) -> str:
     parts = [f"# {result['task']}: {result['verdict']}", "", _summary_sentence(result), ""]
     deciding = _deciding_gates(result)
     if deciding and result["verdict"] != "PASS":
-        parts += ["## Gates that decided it", "", _md_table(GATE_HEADER, gate_rows({"gates": deciding})), ""]
-    parts += ["## All gates", "", _md_table(GATE_HEADER, gate_rows(result)) if result["gates"] else "_no gates_", ""]
+        parts += ["## Gates that decided it", "", md_table(GATE_HEADER, gate_rows({"gates": deciding})), ""]
+    parts += ["## All gates", "", md_table(GATE_HEADER, gate_rows(result)) if result["gates"] else "_no gates_", ""]
     header, rows = slice_rows(result)
-    parts += ["## Metrics overall and per slice", "", _md_table(header, rows), ""]
+    parts += ["## Metrics overall and per slice", "", md_table(header, rows), ""]
     warnings = result["metrics"].get("warnings", [])
     if warnings:
         parts += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
@@ -124,7 +117,7 @@ def render_markdown(result: dict, quality: dict, drift: dict | None, spec: EvalS
         parts += ["## Drift (reference vs current)", "",
                   f"{len(drifted)} of {len(drift.get('columns', []))} columns drifted; dataset drift: "
                   f"{drift.get('dataset_drift')}.", ""]
-        parts += [_md_table(["column", "method", "score", "threshold", "drifted"],
+        parts += [md_table(["column", "method", "score", "threshold", "drifted"],
                             [[c["column"], c.get("method"), _fmt(c.get("score")), _fmt(c.get("threshold")),
                               "yes" if c.get("drifted") else "no"] for c in drift.get("columns", [])]), ""]
     rep = result["reproducibility"]
@@ -139,72 +132,3 @@ def render_markdown(result: dict, quality: dict, drift: dict | None, spec: EvalS
               "- packages: " + ", ".join(f"{k} {v}" for k, v in rep["packages"].items()), "",
               "What would change this result: " + "; ".join(_what_changes(result)) + "."]
     return "\n".join(parts) + "\n"
-
-
-def _html_table(header: list[str], rows: list[list[str]], outcome_col: int | None = None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = []
-    for r in rows:
-        cells = []
-        for i, c in enumerate(r):
-            style = ""
-            if i == outcome_col and c in VERDICT_COLOURS:
-                style = f' style="color:{VERDICT_COLOURS[c]};font-weight:600"'
-            cells.append(f"<td{style}>{html.escape(str(c))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
-
-
-def render_html(result: dict, quality: dict, drift: dict | None, spec: EvalSpec | None = None,
-                drift_html_uri: str | None = None) -> str:
-    """One self-contained HTML file (inline CSS, no scripts, no external assets)."""
-    v = result["verdict"]
-    colour = VERDICT_COLOURS.get(v, "#333")
-    e = html.escape
-    sections = [f"<h1>{e(result['task'])} <span class=verdict style='background:{colour}'>{e(v)}</span></h1>",
-                f"<p>{e(_summary_sentence(result).replace('**', ''))}</p>"]
-    deciding = _deciding_gates(result)
-    if deciding and v != "PASS":
-        sections += ["<h2>Gates that decided it</h2>", _html_table(GATE_HEADER, gate_rows({"gates": deciding}), 3)]
-    sections += ["<h2>All gates</h2>",
-                 _html_table(GATE_HEADER, gate_rows(result), 3) if result["gates"] else "<p>No gates.</p>"]
-    header, rows = slice_rows(result, result["metrics"].get("metrics"))
-    sections += ["<h2>Metrics overall and per slice</h2>", _html_table(header, rows)]
-    warnings = result["metrics"].get("warnings", [])
-    if warnings:
-        sections += ["<h2>Warnings</h2>", "<ul>" + "".join(f"<li>{e(w)}</li>" for w in warnings) + "</ul>"]
-    stats = quality.get("statistics", {})
-    failed = [r["message"] for r in quality.get("results", []) if not r.get("success")]
-    sections += ["<h2>Data quality</h2>",
-                 f"<p>{'Passed' if quality.get('success') else 'FAILED'}: {stats.get('successful_expectations', '?')} "
-                 f"of {stats.get('evaluated_expectations', '?')} expectations met.</p>"]
-    if failed:
-        sections.append("<ul>" + "".join(f"<li>{e(m)}</li>" for m in failed) + "</ul>")
-    if drift:
-        drifted = [c for c in drift.get("columns", []) if c.get("drifted")]
-        sections += ["<h2>Drift</h2>",
-                     f"<p>{len(drifted)} of {len(drift.get('columns', []))} columns drifted (dataset drift: "
-                     f"{e(str(drift.get('dataset_drift')))}). Full Evidently report: "
-                     f"<code>{e(drift_html_uri or '')}</code> (relative to the lake root)</p>",
-                     _html_table(["column", "method", "score", "threshold", "drifted"],
-                                 [[c["column"], c.get("method"), _fmt(c.get("score")), _fmt(c.get("threshold")),
-                                   "yes" if c.get("drifted") else "no"] for c in drift.get("columns", [])])]
-    rep = result["reproducibility"]
-    ds = result["dataset"]
-    items = [f"dataset snapshot {ds['snapshot_id']} (content hash {ds['content_hash']}, {ds['rows']} rows, "
-             f"time range {ds.get('time_range')})",
-             f"candidate {result['candidate']['ref']} sha256 {result['candidate']['sha256']}"]
-    if result.get("baseline"):
-        items.append(f"baseline {result['baseline']['ref']} sha256 {result['baseline']['sha256']}")
-    items += [f"spec sha256 {rep['spec_sha256']}, seed {rep['seed']}, {rep['bootstrap_replicates']} bootstrap replicates",
-              "packages: " + ", ".join(f"{k} {v}" for k, v in rep["packages"].items())]
-    sections += ["<h2>Reproducibility</h2>", "<ul>" + "".join(f"<li><code>{e(i)}</code></li>" for i in items) + "</ul>",
-                 "<p>What would change this result:</p><ul>" +
-                 "".join(f"<li>{e(w)}</li>" for w in _what_changes(result)) + "</ul>"]
-    css = ("body{font-family:system-ui,sans-serif;margin:2rem;color:#1f2328;max-width:1200px}"
-           "table{border-collapse:collapse;font-size:13px;margin:.5rem 0 1.5rem}"
-           "th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}"
-           "th{background:#f6f8fa}.verdict{color:#fff;padding:2px 10px;border-radius:6px;font-size:.8em}"
-           "code{font-size:12px}.scroll{overflow-x:auto;max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(result['task'])}: {e(v)}</title>"
-            f"<style>{css}</style></head><body>{''.join(sections)}</body></html>\n")

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import html
 import math
-from importlib import metadata
 
 from . import plots
+from .packages import package_versions
 from .report import VERDICT_COLOURS, _deciding_gates, _fmt, _what_changes
 
 MAX_COLUMNS = 12
@@ -300,13 +300,7 @@ def _error_section(error_analysis: dict | None) -> str:
 
 
 def renderer_versions() -> dict[str, str]:
-    out = {}
-    for name in ("matplotlib",):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return package_versions(("matplotlib",))
 
 
 def _manifest(result: dict) -> str:

@@ -170,21 +170,18 @@ def _show(value: Any) -> str:
 
 
 def _check_scores(values: np.ndarray, ids: np.ndarray, spec: EvalSpec, ref: str) -> None:
-    bad = ~np.isfinite(values)
-    if values.ndim == 2:
-        bad = bad.any(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ScoringError(f"model {ref}: {int(bad.sum())} non-finite score(s) (NaN or inf), e.g. for "
-                           f"{spec.columns.id}={_show(ids[i])}")
+    _refuse_rows(~np.isfinite(values), ids, spec, ref, "non-finite score(s) (NaN or inf)")
     if spec.task_type != "regression":
-        out = (values < 0) | (values > 1)
-        if values.ndim == 2:
-            out = out.any(axis=1)
-        if out.any():
-            i = int(np.flatnonzero(out)[0])
-            raise ScoringError(f"model {ref}: {int(out.sum())} score(s) outside [0, 1], e.g. for "
-                               f"{spec.columns.id}={_show(ids[i])}; expected probabilities")
+        _refuse_rows((values < 0) | (values > 1), ids, spec, ref, "score(s) outside [0, 1]", "; expected probabilities")
+
+
+def _refuse_rows(bad: np.ndarray, ids: np.ndarray, spec: EvalSpec, ref: str, what: str, hint: str = "") -> None:
+    """Raise when any row is bad (a row of a 2-D score array when any of its columns is), saying how many and the id
+    of the first."""
+    rows = bad.any(axis=1) if bad.ndim == 2 else bad
+    if rows.any():
+        i = int(np.flatnonzero(rows)[0])
+        raise ScoringError(f"model {ref}: {int(rows.sum())} {what}, e.g. for {spec.columns.id}={_show(ids[i])}{hint}")
 
 
 def predictions_path(spec: EvalSpec, snapshot: Snapshot, manifest: ModelManifest) -> str:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
 EXECUTORS = ("in_process", "multiprocess")
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 PICKLE_WARNING = ("EVAL_ALLOW_PICKLE is on: model artifacts of flavor sklearn-joblib (pickles) will be unpickled. "
                   "Anyone who can write a pickle (and its manifest) into the registry can run code in this process; "
@@ -146,7 +146,7 @@ def parse_trusted_types(name: str, raw: str | None) -> tuple[str, ...]:
     if raw is None:
         return ()
     items = [t.strip() for t in raw.split(",")]
-    bad = [t for t in items if t and not _DOTTED.match(t)]
+    bad = [t for t in items if t and not DOTTED_NAME.match(t)]
     if bad:
         raise _fail(name, raw, f"comma-separated dotted type names such as "
                                f"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor (not valid: {bad})")

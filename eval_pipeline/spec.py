@@ -17,7 +17,8 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 from pydantic_core import InitErrorDetails
 
-TASK_TYPES = ("binary_classification", "multiclass_classification", "regression")
+from .settings import DOTTED_NAME
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 # Every metric of the task type (the engine's catalogue, eval_pipeline.engine.METRICS; a test keeps them equal).
@@ -35,7 +36,6 @@ DRIFT_METHODS = ("ks", "cramer_von_mises", "anderson", "chisquare", "es", "fishe
                  "wasserstein")
 DRIFT_CATEGORICAL_METHODS = ("chisquare", "fisher_exact", "g_test", "hellinger", "jensenshannon", "kl_div", "psi",
                              "TVD", "z")
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -154,7 +154,7 @@ class ModelSpec(_Strict):
     @field_validator("trusted_types")
     @classmethod
     def _dotted(cls, v: list[str]) -> list[str]:
-        bad = [t for t in v if not _DOTTED.match(t)]
+        bad = [t for t in v if not DOTTED_NAME.match(t)]
         if bad:
             raise ValueError(f"expected dotted type names such as "
                              f"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor, got {bad}")
@@ -281,7 +281,6 @@ class MonitoringSpec(_Strict):
 
 
 ALERT_EVENTS = ("fail", "inconclusive", "drift", "refused_manifest")
-_ALERT_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _yaml_on_key(data: Any) -> Any:
@@ -292,7 +291,7 @@ def _yaml_on_key(data: Any) -> Any:
 
 
 def _env_var_name(v: str | None, key: str) -> str | None:
-    if v is not None and not _ALERT_ENV.match(v):
+    if v is not None and not _ENV_NAME.match(v):
         # never echo the value: a URL or a token put here by mistake is a secret
         raise ValueError(f"{key} names an environment variable (letters, digits, '_'), e.g. TEAM_SLACK_WEBHOOK; the "
                          f"secret itself (webhook URL, token) goes in that variable, never in the spec")
@@ -530,8 +529,11 @@ class EvalSpec(_Strict):
         return list(self.metrics) if self.metrics else list(DEFAULT_METRICS[self.task_type])
 
     def slice_columns(self) -> list[str]:
-        cols = list(self.slices.columns) + [c for cross in self.slices.crosses for c in cross] + list(self.slices.bins)
-        return list(dict.fromkeys(cols))
+        """Every column a slice uses, in first-appearance order: the engine's rule, applied to the spec's slices."""
+        from .engine import SliceConfig
+        from .engine.slices import slice_columns
+
+        return slice_columns(SliceConfig(**self.slices.engine_kwargs(SliceConfig)))
 
     def drift_columns(self) -> list[str]:
         return list(self.drift.columns or self.columns.features)

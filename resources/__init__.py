@@ -12,7 +12,6 @@ import os
 import dagster as dg
 
 from eval_pipeline.lake import DEFAULT_ROOT_ENV, Lake
-from eval_pipeline.registry import Registry
 from eval_pipeline.settings import Settings, load_settings
 
 
@@ -23,9 +22,6 @@ class LakeResource(dg.ConfigurableResource):
 
     def get_lake(self) -> Lake:
         return Lake(self.root or None)
-
-    def get_registry(self) -> Registry:
-        return Registry(self.get_lake())
 
 
 class SettingsResource(dg.ConfigurableResource):
