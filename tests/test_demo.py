@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from eval_pipeline import demo
+from eval_pipeline.demo import data as demo_data
 from eval_pipeline.lake import Lake
 from eval_pipeline.registry import Registry
 from eval_pipeline.scoring import load_model
@@ -45,15 +46,15 @@ def test_packaged_specs_validate():
 @pytest.mark.parametrize("name", ["flights_delay", "flights_arr_delay"])
 def test_specs_use_no_leakage_columns(name):
     spec = load_spec(demo.packaged_spec_path(name))
-    leaky = set(demo.LEAKAGE_COLUMNS)
+    leaky = set(demo_data.LEAKAGE_COLUMNS)
     assert not leaky & set(spec.columns.features)
     assert not leaky & set(spec.drift_columns())
 
 
 def test_models_use_no_leakage_columns():
-    used = set(demo.BASELINE_CATEGORICAL + demo.BASELINE_NUMERIC + demo.CANDIDATE_CATEGORICAL
-               + demo.CANDIDATE_NUMERIC)
-    assert not used & set(demo.LEAKAGE_COLUMNS)
+    used = set(demo_data.BASELINE_CATEGORICAL + demo_data.BASELINE_NUMERIC + demo_data.CANDIDATE_CATEGORICAL
+               + demo_data.CANDIDATE_NUMERIC)
+    assert not used & set(demo_data.LEAKAGE_COLUMNS)
     # every model input is a spec feature, so scoring (which passes the spec's features) can feed them
     assert used <= set(load_spec(demo.packaged_spec_path()).columns.features)
 

@@ -218,6 +218,7 @@ def test_demo_candidate_is_skops_and_scores_identically(tmp_path, monkeypatch):
     from threadpoolctl import threadpool_limits
 
     from eval_pipeline import demo
+    from eval_pipeline.demo import data as demo_data, models as demo_models
     from eval_pipeline.scoring import load_model
     from eval_pipeline.spec import load_spec
 
@@ -237,11 +238,12 @@ def test_demo_candidate_is_skops_and_scores_identically(tmp_path, monkeypatch):
     loaded = load_model(reg, m, trusted_types=list(spec.model.trusted_types)).model
     # retrain the candidate exactly as the demo does (same buggy extract, same seed) and compare the scores
     frame = demo.flights_frame(sample_frac=0.02)
-    train = frame[demo._train_mask(frame, demo.TRAIN_MONTHS)].reset_index(drop=True)
+    train = frame[demo_data._train_mask(frame, demo_data.TRAIN_MONTHS)].reset_index(drop=True)
     buggy = train.copy()
-    hit = (buggy["carrier"] == demo.BUG_CARRIER) & (buggy["month"] >= demo.BUG_FROM_MONTH)
+    hit = (buggy["carrier"] == demo_data.BUG_CARRIER) & (buggy["month"] >= demo_data.BUG_FROM_MONTH)
     buggy.loc[hit, "delayed"] = (-buggy.loc[hit, "arr_delay"] > 15).astype("int64")
-    model, _ = demo._fit_with_holdout(demo._candidate_pipeline(), buggy, "delayed", 0, demo._classification_holdout)
+    model, _ = demo_models._fit_with_holdout(demo_models._candidate_pipeline(), buggy, "delayed", 0,
+                                             demo_models._classification_holdout)
     rows = frame[spec.columns.features]
     with threadpool_limits(1):
         np.testing.assert_array_equal(loaded.predict_proba(rows), model.predict_proba(rows))

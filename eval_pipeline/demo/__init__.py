@@ -24,13 +24,11 @@ fails: exactly what per-slice non-inferiority gates are for.
 Training uses one thread (threadpoolctl): with OpenMP on a busy 2-core machine HistGradientBoosting was measured
 10-30x slower with two threads than with one.
 """
-from .data import (BASELINE_CATEGORICAL, BASELINE_NUMERIC, BUG_CARRIER, BUG_FROM_MONTH, CANDIDATE_CATEGORICAL,
-                   CANDIDATE_NUMERIC, HOLDOUT_FRACTION, LANDED_SCHEMA, LEAKAGE_COLUMNS, SOURCE, TASKS, TRAIN_MONTHS,
-                   _train_mask, flights_frame, land_monthly_files, packaged_spec_path)
-from .models import (_candidate_pipeline, _classification_holdout, _fit_with_holdout, canonical_skops,
-                     skops_bytes)
+from .data import flights_frame, land_monthly_files, packaged_spec_path
+from .models import canonical_skops, skops_bytes
 from .seed import register_predictions_model, seed_demo, train_and_register, train_and_register_regression
 
-# the names tests and notebooks reach for (constants of the story, the pipelines) stay importable from here
+# The demo's API. The constants of the story (columns, the bug, the months) are eval_pipeline.demo.data's, the
+# model pipelines eval_pipeline.demo.models'.
 __all__ = ["seed_demo", "flights_frame", "land_monthly_files", "packaged_spec_path", "train_and_register",
            "train_and_register_regression", "register_predictions_model", "skops_bytes", "canonical_skops"]
