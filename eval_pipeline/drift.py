@@ -33,6 +33,7 @@ from __future__ import annotations
 import html as _html
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -351,9 +352,9 @@ def _html_report(prepared_features: dict[str, PreparedColumn], extra: dict[str, 
     snapshot.set_name(stated)
     html = snapshot.get_html_str(as_iframe=False)
     esc = _html.escape(stated)
-    if "<title>" in html:
-        html = html.replace("<title>", "<title>" + esc + " — ", 1)
-    else:
+    html, n_titles = re.subn(r"<title>.*?</title>", lambda _m: f"<title>{esc}</title>", html, count=1,
+                             flags=re.DOTALL)
+    if not n_titles:
         html = html.replace("<head>", f"<head><title>{esc}</title>", 1)
     banner = (f'<div id="eval-pipeline-sample" style="font:14px sans-serif;padding:8px 12px;background:#fff8e1;'
               f'border-bottom:1px solid #e0c060">{esc}</div>')

@@ -148,7 +148,7 @@ def test_sampling_is_deterministic_for_a_seed():
 def test_outputs_html_markdown_dict():
     ref, cur = frames(500, 500, seed=5)
     r = compute_drift(ref, cur, columns=["shifted", "carrier"], title="flights: drift")
-    assert "<title>flights: drift" in r.html
+    assert "<title>flights: drift — Evidently report on a sample of 500 of 500 reference" in r.html
     assert "<html" in r.html.lower() and len(r.html) > 10_000
     d = r.to_dict()
     assert "html" not in d
