@@ -30,6 +30,8 @@ def _fmt(c):
         s += f" oor{c.out_of_range}"
     if c.lattice:
         s += " L"
+    if c.flagged > 0:
+        s += f" f{c.flagged:.0%}"
     return s + ("" if c.ok else " !")
 
 
@@ -38,7 +40,7 @@ def _cov_table(name, cells, R, runner):
     lo_b, hi_b, se = sim.coverage_bounds(R)
     print(f"\n== {name}: coverage of 95 % intervals, R={R} datasets per cell, allowed [{lo_b:.3f}, {hi_b:.3f}] "
           f"(SE {se:.4f}); '!' fails, zN% = share of zero-width intervals, oorK = K intervals out of range, "
-          f"L = lattice delta (not asserted)")
+          f"L = lattice delta (not asserted), fN% = share flagged unreliable by the engine (coverage on the rest)")
     print(f"{'cell':32s} {'role':9s} " + " ".join(f"{m[:14]:>16s}" for m in sim.METRICS) + "   secs")
     for g in cells:
         cell = runner(g)
@@ -54,6 +56,7 @@ def _cov_table(name, cells, R, runner):
                                          "zero_width": round(c.zero_width, 4), "out_of_range": c.out_of_range,
                                          "mean_width": c.mean_width, "miss_low": c.miss_low,
                                          "miss_high": c.miss_high, "upper_bound_applies": c.upper_applies,
+                                         "flagged": round(c.flagged, 4), "n_assessed": c.n_assessed,
                                          "asserted": c.assessable}
                 if not c.ok:
                     failing.append(f"{g.label} {role}:{m} cov={c.coverage:.3f}"

@@ -109,7 +109,8 @@ def _validate(task_type, label, predictions, metrics, threshold, classes, top_k,
 
 
 def _flag_interval(cell: dict, diag: dict | None) -> None:
-    """Mark an interval the engine cannot vouch for (regression with heavy-tailed errors; see ``.regression``)."""
+    """Mark an interval the engine cannot vouch for (regression with heavy-tailed errors, see ``.regression``;
+    near-perfect binary rankings with few labels of a class, see ``.binary``)."""
     if diag is not None and not diag.get("reliable", True):
         cell["interval_reliable"] = False
         cell["interval_warning"] = diag.get("reason")
@@ -343,7 +344,7 @@ def _extract(comb, acc, config, slices, metrics, n_boot, seed, confidence, ece_b
                  "status": status, "models": {}, "delta": {}}
         if why_small:
             entry["too_small"] = why_small
-        diag = out.get("diagnostics", {}).get(j, {})  # regression: heavy-tail diagnostics per interval
+        diag = out.get("diagnostics", {}).get(j, {})  # intervals the engine flags (heavy tails, near-perfect)
         if status == "ok":
             for r in roles:
                 md = {}

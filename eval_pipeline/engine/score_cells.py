@@ -27,6 +27,7 @@ loss sums are integer fixed-point sums, so cells do not depend on row order eith
 """
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -292,4 +293,18 @@ def replicates(rows, load, atom_in, slice_n, fam, fam_idx, values, metrics, eps,
             binned = np.concatenate([b[m][:, k, :] for b in blocks], axis=1).T  # (B, S)
             exact = values[r][m]
             reps[r][m] = np.where(np.isfinite(exact), exact + (binned - point[m][:, k, 0]), np.nan)
+        if "ece" in reps[r]:
+            reps[r]["ece"] = _median_on_estimate(reps[r]["ece"], values[r]["ece"])
     return reps
+
+
+def _median_on_estimate(reps: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """ECE is a sum of absolute values, so the plug-in estimate sits above its expectation and a resample's ECE sits
+    above the estimate again by about as much: percentile intervals then miss the expected ECE too often (0.90 in
+    the simulation matrix, for the engine and for an exact row-level bootstrap alike). Shifting each slice's
+    replicates so that their median is the estimate removes that second bias; the interval is for the expected ECE
+    at the slice's size, and always contains the estimate."""
+    with warnings.catch_warnings():  # an all-NaN column (undefined slice) has no median: it stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(reps, axis=0)
+    return reps + np.where(np.isfinite(med), exact - med, 0.0)[None, :]
