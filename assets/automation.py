@@ -192,29 +192,8 @@ def new_model_tick(context, lake: Lake, spec: EvalSpec, job_name: str, partition
     cursor = _load_cursor(context.cursor)
     done: dict = dict(cursor.get("done", {}))
     bad: dict = dict(cursor.get("bad", {}))
-    verify_max = load_settings(warn=False).sensor_verify_max_bytes
-
-    new_versions, problems, waiting, no_baseline = [], [], [], []
-    for entry in registry.scan(name):
-        version = entry["version"]
-        if not entry["complete"] or version in done:
-            continue  # half-written versions (no manifest yet) are picked up once their manifest lands
-        fingerprint = version_fingerprint(registry, name, version)
-        if fingerprint is None:
-            continue
-        known = bad.get(version)
-        if isinstance(known, dict) and known.get("fingerprint") == fingerprint:
-            problems.append(known.get("message", f"{name}@{version}: bad manifest"))  # unchanged: still bad
-            continue
-        ok, value = check_version(registry, name, version, verify_max)
-        if not ok:
-            context.log.error(f"not evaluating {name}@{version}: {value}")
-            bad[version] = {"fingerprint": fingerprint, "message": value}
-            problems.append(value)
-            continue
-        bad.pop(version, None)
-        new_versions.append((version, value))
-
+    new_versions, problems = _new_versions(context, registry, name, done, bad)
+    waiting, no_baseline = [], []
     snapshot_id, why = validated_snapshot(ctx) if new_versions else (None, "")
     existing = set(context.instance.get_dynamic_partitions(partitions_name))
     to_add = [v for v, _ in new_versions if v not in existing]
@@ -246,21 +225,50 @@ def new_model_tick(context, lake: Lake, spec: EvalSpec, job_name: str, partition
         context.log.info(f"new model version {name}@{version} (sha256 {sha[:16]}): evaluation on {snapshot_id} "
                          f"against {baseline_tag(inputs)}")
 
-    new_cursor = _dump_cursor({"done": done, "bad": bad})
-    skip = None
-    if not run_requests:
-        parts = []
-        if waiting:
-            parts.append(f"registered {', '.join(f'{name}@{v}' for v in waiting)}; evaluation waits for a validated "
-                         f"snapshot ({why}); the re-evaluation sensor will request it")
-        if no_baseline:
-            parts.append(" | ".join(no_baseline))
-        if problems:
-            parts.append(f"{len(problems)} version(s) with a bad manifest or artifact, not evaluated until fixed: "
-                         + " | ".join(problems))
-        skip = "; ".join(parts) or f"no new complete versions of {name}"
-    return dg.SensorResult(run_requests=run_requests, skip_reason=skip, cursor=new_cursor,
+    skip = None if run_requests else _new_model_skip(name, waiting, why, no_baseline, problems)
+    return dg.SensorResult(run_requests=run_requests, skip_reason=skip, cursor=_dump_cursor({"done": done, "bad": bad}),
                            dynamic_partitions_requests=_partition_requests(context, spec, to_add, run_requests))
+
+
+def _new_versions(context, registry: Registry, name: str, done: dict, bad: dict) -> tuple[list, list[str]]:
+    """The complete versions not handled yet whose manifest and artifact check out, as (version, pinned sha256), and
+    what is wrong with the others. ``bad`` (version -> fingerprint and message) is updated: a bad version is looked
+    at again only once its folder changes."""
+    verify_max = load_settings(warn=False).sensor_verify_max_bytes
+    new_versions, problems = [], []
+    for entry in registry.scan(name):
+        version = entry["version"]
+        if not entry["complete"] or version in done:
+            continue  # half-written versions (no manifest yet) are picked up once their manifest lands
+        fingerprint = version_fingerprint(registry, name, version)
+        if fingerprint is None:
+            continue
+        known = bad.get(version)
+        if isinstance(known, dict) and known.get("fingerprint") == fingerprint:
+            problems.append(known.get("message", f"{name}@{version}: bad manifest"))  # unchanged: still bad
+            continue
+        ok, value = check_version(registry, name, version, verify_max)
+        if not ok:
+            context.log.error(f"not evaluating {name}@{version}: {value}")
+            bad[version] = {"fingerprint": fingerprint, "message": value}
+            problems.append(value)
+            continue
+        bad.pop(version, None)
+        new_versions.append((version, value))
+    return new_versions, problems
+
+
+def _new_model_skip(name: str, waiting: list[str], why: str, no_baseline: list[str], problems: list[str]) -> str:
+    parts = []
+    if waiting:
+        parts.append(f"registered {', '.join(f'{name}@{v}' for v in waiting)}; evaluation waits for a validated "
+                     f"snapshot ({why}); the re-evaluation sensor will request it")
+    if no_baseline:
+        parts.append(" | ".join(no_baseline))
+    if problems:
+        parts.append(f"{len(problems)} version(s) with a bad manifest or artifact, not evaluated until fixed: "
+                     + " | ".join(problems))
+    return "; ".join(parts) or f"no new complete versions of {name}"
 
 
 def _partition_requests(context, spec: EvalSpec, versions: list[str], run_requests: list) -> list:
@@ -339,30 +347,7 @@ def reevaluation_tick(context, lake: Lake, spec: EvalSpec, job_name: str, refres
         context.log.error(f"cannot read the champion of {name}: {exc}")
     accepted = set(context.instance.get_dynamic_partitions(partitions_name))
     complete = [e["version"] for e in registry.scan(name) if e["complete"] and e["version"] in accepted]
-
-    # The champion (monitoring) and the open candidates: newer than the champion, or never evaluated. Each is
-    # evaluated against the champion of NOW; after a promotion that is a new baseline, hence a new evidence id.
-    targets, no_baseline = [], []
-    for version in complete:
-        if version == champion:
-            role = "champion"
-        elif (champion is None or version_sort_key(version) > version_sort_key(champion)
-              or not evaluation_requested(context.instance, spec, job_name, version)):
-            role = "candidate"
-        else:
-            continue
-        try:
-            inputs = pipeline.resolve_inputs(ctx, version, snapshot_id)
-        except pipeline.NoBaselineError as exc:
-            no_baseline.append(str(exc))
-            continue
-        except RESOLVE_ERRORS as exc:
-            context.log.error(f"not re-evaluating {name}@{version}: {exc}")
-            continue
-        evidence = pipeline.evidence_id(ctx, inputs)
-        if evidence in requested or pipeline.evidence_complete(ctx, inputs):
-            continue
-        targets.append((inputs, role, evidence))
+    targets, no_baseline = _reevaluation_targets(context, ctx, job_name, complete, champion, snapshot_id, requested)
 
     # The nightly refresh: which night was handled last (by the refresh run's id).
     nightly = _runs_for(context.instance, refresh_job_name, {TAG_TRIGGER: "nightly", TAG_TASK: spec.task},
@@ -382,23 +367,7 @@ def reevaluation_tick(context, lake: Lake, spec: EvalSpec, job_name: str, refres
                          f"{baseline_tag(inputs)}")
 
     if new_night and champion and champion not in {i.version for i, _, _ in targets}:
-        # Snapshot unchanged overnight: record the champion's monitoring outcome on the current data, no re-run.
-        night = nightly_run.tags.get(TAG_NIGHT, nightly_run.run_id[:8])
-        verdict, partition = "not evaluated yet", None
-        try:
-            inputs = pipeline.resolve_inputs(ctx, champion, snapshot_id)
-            partition = inputs.partition_key
-            verdict = pipeline.load_result(ctx, inputs).get("verdict", verdict)
-        except (*RESOLVE_ERRORS, AttributeError):
-            pass
-        exists = partition in set(context.instance.get_dynamic_partitions(evaluations_partitions(spec).name))
-        asset_events.append(dg.AssetObservation(
-            asset_key=key(spec, "release_gates"), partition=partition if exists else None,
-            metadata={"nightly": night, "verdict": verdict, "snapshot_id": snapshot_id,
-                      "version": champion, "refresh_run": nightly_run.run_id,
-                      "note": "nightly monitoring: snapshot unchanged, so the champion's (deterministic) result on "
-                              "it stands; no re-run"}))
-        context.log.info(f"nightly {night}: champion {name}@{champion} on unchanged snapshot {snapshot_id}: {verdict}")
+        asset_events.append(_nightly_observation(context, ctx, champion, snapshot_id, nightly_run))
 
     new_cursor = {"snapshot": snapshot_id, "requested": sorted(requested),
                   "nightly_run": nightly_run.run_id if nightly_run else cursor.get("nightly_run")}
@@ -410,6 +379,58 @@ def reevaluation_tick(context, lake: Lake, spec: EvalSpec, job_name: str, refres
     return dg.SensorResult(run_requests=run_requests, skip_reason=skip, cursor=_dump_cursor(new_cursor),
                            asset_events=asset_events,
                            dynamic_partitions_requests=_partition_requests(context, spec, [], run_requests))
+
+
+def _reevaluation_targets(context, ctx: pipeline.TaskContext, job_name: str, complete: list[str], champion: str | None,
+                          snapshot_id: str, requested: set[str]) -> tuple[list, list[str]]:
+    """The champion (monitoring) and the open candidates (newer than the champion, or never evaluated) as (inputs,
+    role, evidence id), unless already requested or evaluated; and why versions had nothing to be decided on. Each
+    is evaluated against the champion of NOW; after a promotion that is a new baseline, hence a new evidence id."""
+    targets, no_baseline = [], []
+    for version in complete:
+        if version == champion:
+            role = "champion"
+        elif (champion is None or version_sort_key(version) > version_sort_key(champion)
+              or not evaluation_requested(context.instance, ctx.spec, job_name, version)):
+            role = "candidate"
+        else:
+            continue
+        try:
+            inputs = pipeline.resolve_inputs(ctx, version, snapshot_id)
+        except pipeline.NoBaselineError as exc:
+            no_baseline.append(str(exc))
+            continue
+        except RESOLVE_ERRORS as exc:
+            context.log.error(f"not re-evaluating {ctx.model_name}@{version}: {exc}")
+            continue
+        evidence = pipeline.evidence_id(ctx, inputs)
+        if evidence in requested or pipeline.evidence_complete(ctx, inputs):
+            continue
+        targets.append((inputs, role, evidence))
+    return targets, no_baseline
+
+
+def _nightly_observation(context, ctx: pipeline.TaskContext, champion: str, snapshot_id: str,
+                         nightly_run) -> dg.AssetObservation:
+    """Snapshot unchanged overnight: the champion's monitoring outcome on the current data, recorded without a
+    re-run (the result is deterministic)."""
+    night = nightly_run.tags.get(TAG_NIGHT, nightly_run.run_id[:8])
+    verdict, partition = "not evaluated yet", None
+    try:
+        inputs = pipeline.resolve_inputs(ctx, champion, snapshot_id)
+        partition = inputs.partition_key
+        verdict = pipeline.load_result(ctx, inputs).get("verdict", verdict)
+    except (*RESOLVE_ERRORS, AttributeError):
+        pass
+    exists = partition in set(context.instance.get_dynamic_partitions(evaluations_partitions(ctx.spec).name))
+    context.log.info(f"nightly {night}: champion {ctx.model_name}@{champion} on unchanged snapshot {snapshot_id}: "
+                     f"{verdict}")
+    return dg.AssetObservation(
+        asset_key=key(ctx.spec, "release_gates"), partition=partition if exists else None,
+        metadata={"nightly": night, "verdict": verdict, "snapshot_id": snapshot_id,
+                  "version": champion, "refresh_run": nightly_run.run_id,
+                  "note": "nightly monitoring: snapshot unchanged, so the champion's (deterministic) result on "
+                          "it stands; no re-run"})
 
 
 def _baseline_changed(context, spec: EvalSpec, job_name: str, inputs: pipeline.EvalInputs) -> bool:

