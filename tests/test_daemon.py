@@ -119,11 +119,13 @@ def test_daemon_end_to_end(env):
               f"GraphQL after {turnaround:.1f} s; run status {outcome['status']}")
         assert len(runs3) == 1, runs3
         assert runs3[0]["tags"]["eval/trigger"] == "new_model"
-        assert outcome["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
-        assert outcome["gates_pass"] is not None and outcome["gates_pass"]["verdict"] == outcome["verdict"]
-        assert outcome["gates_pass"]["success"] == (outcome["verdict"] == "PASS")
-        # the run succeeds unless the verdict is FAIL (the blocking gates check then fails it, by design)
-        assert outcome["status"] == ("FAILURE" if outcome["verdict"] == "FAIL" else "SUCCESS")
+        # version 3 is version 2's bytes: on the 3 % demo sample it is worse than the champion overall (measured: AUC
+        # delta interval wholly below the -0.01 margin, ECE past 0.05), so it FAILs like version 2
+        assert outcome["verdict"] == "FAIL", outcome
+        assert outcome["gates_pass"] is not None and outcome["gates_pass"]["verdict"] == "FAIL"
+        assert outcome["gates_pass"]["success"] is False
+        # the blocking gates check fails the run on a FAIL verdict, by design
+        assert outcome["status"] == "FAILURE"
         [result] = [env["lake"].read_json(f["rel"]) for f in env["lake"].find(
             f"evaluations/{task}/{model}/3/{runs3[0]['tags']['eval/snapshot']}") if f["rel"].endswith("/result.json")]
         assert result["verdict"] == outcome["verdict"]

@@ -20,7 +20,9 @@ SAMPLE = 0.08  # ~26k flights, ~13k evaluation rows: real data, seconds not minu
 
 def _spec_file(tmp_path, name="spec.yaml", **changes) -> str:
     spec = yaml.safe_load(demo.packaged_spec_path("flights_delay").read_text())
-    spec["evaluation"]["bootstrap_replicates"] = 600  # the spec refuses fewer than its gate rows need (519 here)
+    # the spec refuses fewer than its gate rows need (519 here); at 600 the decisive rows sat exactly at Holm's first
+    # level (p = 1/601 vs 0.025/15), so one replicate could flip the verdict: 2000 gives the rows room
+    spec["evaluation"]["bootstrap_replicates"] = 2000
     for dotted, value in changes.items():
         node = spec
         *parents, leaf = dotted.split(".")
@@ -47,7 +49,12 @@ def evaluated(tmp_path_factory):
 
 def test_chain_produces_verdict_result_report_and_dagster_records(evaluated):
     result, lake = evaluated["result"], evaluated["lake"]
-    assert evaluated["code"] == {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[result["verdict"]]
+    # On an 8 % sample carrier 9E has ~680 rows: its delta (about -0.09) is too uncertain to decide after Holm, but
+    # the data bug costs the candidate overall too (delta about -0.03, interval wholly below -0.01) and its ECE
+    # (about 0.08) is past the 0.05 ceiling: measured, and far from the decision boundary at B = 2000.
+    assert evaluated["code"] == 1 and result["verdict"] == "FAIL"
+    fails = {(g["metric"], g["slice"], g["kind"]) for g in result["gates"] if g["outcome"] == "FAIL"}
+    assert {("roc_auc", "overall", "non_inferiority"), ("ece", "overall", "absolute")} <= fails, fails
     assert result["mode"] == "release"
     assert result["candidate"]["ref"] == "flights_delay@2" and result["baseline"]["ref"] == "flights_delay@1"
     assert json.loads((evaluated["root"] / "result.json").read_text()) == result
