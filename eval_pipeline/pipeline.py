@@ -144,17 +144,22 @@ def drift(ctx: TaskContext, snap: Snapshot):
 
     spec = ctx.spec
     cols = spec.drift_columns()
-    reference = read_window(ctx.lake, snap, spec, cols, spec.drift.reference)
-    current = read_window(ctx.lake, snap, spec, cols, spec.drift.current)
+    # all rows are scored; also the label (label drift) and the slice columns (drift per slice)
+    read = list(dict.fromkeys(cols + [spec.columns.label] + list(spec.slices.columns)))
+    reference = read_window(ctx.lake, snap, spec, read, spec.drift.reference)
+    current = read_window(ctx.lake, snap, spec, read, spec.drift.current)
     if reference.empty or current.empty:
         side = "reference" if reference.empty else "current"
         raise DataError(f"task '{spec.task}': the drift {side} window has no rows in snapshot {snap.snapshot_id} "
                         f"(time range {snap.manifest.get('time_range')}); adjust drift.{side}")
     categorical = list(spec.columns.categorical) or None
     result = compute_drift(reference, current, columns=cols, categorical=categorical, method=spec.drift.method,
-                           threshold=spec.drift.threshold, drift_share=spec.drift.drift_share,
-                           max_rows=spec.drift.max_rows, seed=spec.evaluation.seed,
-                           title=f"{spec.task}: drift, reference vs current")
+                           threshold=spec.drift.threshold, drift_share=spec.drift.drift_share, max_rows=None,
+                           html_max_rows=min(spec.drift.max_rows, 20_000), seed=spec.evaluation.seed,
+                           label_column=spec.columns.label,
+                           label_kind="numeric" if spec.task_type == "regression" else "categorical",
+                           slice_columns=list(spec.slices.columns), slice_max_values=spec.slices.max_values,
+                           slice_min_rows=spec.slices.min_size, title=f"{spec.task}: drift, reference vs current")
     json_rel, html_rel = drift_paths(ctx, snap)
     ctx.lake.write_json(json_rel, result.to_dict())
     ctx.lake.write_text(html_rel, result.html)
