@@ -57,7 +57,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from eval_pipeline import pipeline
+from eval_pipeline import alerts, pipeline
 from eval_pipeline.lake import Lake, LakeError
 from eval_pipeline.registry import Registry, RegistryError, sha256_bytes, version_sort_key
 from eval_pipeline.settings import load_settings
@@ -193,6 +193,11 @@ def new_model_tick(context, lake: Lake, spec: EvalSpec, job_name: str, partition
     done: dict = dict(cursor.get("done", {}))
     bad: dict = dict(cursor.get("bad", {}))
     new_versions, problems = _new_versions(context, registry, name, done, bad)
+    for version, info in bad.items():  # a refused manifest is told once per fingerprint (alerts dedups by it)
+        if isinstance(info, dict) and info.get("fingerprint"):
+            alerts.notify(lake, spec, "refused_manifest", {"model": name, "version": version,
+                                                           "reason": info.get("message", ""),
+                                                           "fingerprint": info["fingerprint"]}, None)
     waiting, no_baseline = [], []
     snapshot_id, why = validated_snapshot(ctx) if new_versions else (None, "")
     existing = set(context.instance.get_dynamic_partitions(partitions_name))

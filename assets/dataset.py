@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from eval_pipeline import pipeline
+from eval_pipeline import alerts, pipeline
 from eval_pipeline.markdown import md_table
 from eval_pipeline.spec import EvalSpec
 from resources import LakeResource, SettingsResource
@@ -90,6 +90,7 @@ def _drift_asset(spec: EvalSpec, snapshot: dg.AssetsDefinition) -> dg.AssetsDefi
             return dg.MaterializeResult(metadata={"enabled": False})
         result = pipeline.drift(ctx, snap)
         summary = result.to_dict()
+        alerts.notify(ctx.lake, spec, "drift", {**summary, "snapshot_id": snap.snapshot_id}, None)  # only on drift
         context.log.info(f"drift: {summary['n_drifted']} of {len(summary['columns'])} columns drifted")
         return dg.MaterializeResult(metadata={
             "snapshot_id": snap.snapshot_id,

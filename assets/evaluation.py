@@ -13,7 +13,7 @@ import functools
 
 import dagster as dg
 
-from eval_pipeline import pipeline, report
+from eval_pipeline import alerts, pipeline, report
 from eval_pipeline.markdown import md_table
 from eval_pipeline.registry import RegistryError
 from eval_pipeline.scoring import ScoringError
@@ -152,12 +152,21 @@ def _report(ctx: pipeline.TaskContext, inputs: pipeline.EvalInputs) -> dict:
 
 def _report_metadata(context, ctx, inputs, out: dict) -> dict:
     context.log.info(f"report: {out['html_uri']}")
-    return {"verdict": out["verdict"], "report": dg.MetadataValue.md(out["markdown"]),
+    meta = {"verdict": out["verdict"], "report": dg.MetadataValue.md(out["markdown"]),
             "html": dg.MetadataValue.path(out["html_uri"])}
+    url = out.get("report_url") or ""
+    if url.startswith("file://"):
+        # a link the UI can open; on S3 the link would be a presigned URL, which carries the access key id, and
+        # metadata is kept for good in the instance: there the report is reached through the lake path above
+        meta["plots"] = dg.MetadataValue.md(out["plots_markdown"])
+        meta["report_link"] = dg.MetadataValue.url(url)
+    return meta
 
 
 def _decide(ctx: pipeline.TaskContext, inputs: pipeline.EvalInputs) -> dict:
-    return pipeline.decide(ctx, pipeline.run_snapshot(ctx, inputs), inputs)
+    result = pipeline.decide(ctx, pipeline.run_snapshot(ctx, inputs), inputs)
+    alerts.notify(ctx.lake, ctx.spec, "verdict", result, None)  # FAIL (and INCONCLUSIVE where asked); never raises
+    return result
 
 
 def _gates_metadata(context, ctx, inputs, result: dict) -> dict:
