@@ -227,7 +227,7 @@ def cmd_demo(args) -> int:
 
 def cmd_register(args) -> int:
     from eval_pipeline.lake import Lake
-    from eval_pipeline.registry import register_file
+    from eval_pipeline.artifact_check import register_file
 
     bad_tags = [t for t in args.tag if "=" not in t]
     if bad_tags:

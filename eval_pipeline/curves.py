@@ -30,6 +30,9 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from .scoring import predictions_path, score_columns
+from .snapshot import eval_rows
+
 DEFAULT_BINS = 10_000
 MAX_POINTS = 2_000
 DIST_BINS = 50          # score-distribution histogram (aggregated from the fine bins)
@@ -324,8 +327,6 @@ def _label_codes(values, spec) -> np.ndarray:
 def scored_batches(lake, spec, snap, roles: dict) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Evaluation rows' labels and each role's scores, streamed batch by batch (rows whose label is outside the
     spec's classes are skipped: the engine refuses them anyway). ``roles`` maps role -> ModelManifest."""
-    from .scoring import predictions_path, score_columns
-    from .snapshot import eval_rows
 
     cols = score_columns(spec)
     id_col, label = spec.columns.id, spec.columns.label

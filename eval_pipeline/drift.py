@@ -368,112 +368,9 @@ def _html_report(prepared_features: dict[str, PreparedColumn], extra: dict[str, 
 
 
 # -- the entry point -------------------------------------------------------------------------------------------------
-def compute_drift(
-    reference: pd.DataFrame,
-    current: pd.DataFrame,
-    *,
-    columns: list[str],
-    categorical: list[str] | None = None,
-    method: str | None = None,
-    threshold: float | None = None,
-    drift_share: float = 0.5,
-    max_rows: int | None = None,
-    seed: int = 0,
-    title: str = "Data drift",
-    prediction_columns: Mapping[str, str] | Sequence[str] | None = None,
-    label_column: str | None = None,
-    label_kind: str | None = None,
-    slice_columns: Sequence[str] | None = None,
-    slice_max_values: int = 50,
-    slice_min_rows: int = 300,
-    html: bool = True,
-    html_max_rows: int | None = DEFAULT_HTML_MAX_ROWS,
-    n_jobs: int | None = None,
-) -> DriftResult:
-    """Drift of ``current`` against ``reference``: per column, per model's scores, of the label and per slice.
-
-    Each column is scored once, on all rows, by the Evidently 0.7 method ``DataDriftPreset`` would use
-    (see the module notes); the scores equal the preset's on the same frames.
-
-    Parameters
-    ----------
-    reference, current : pandas.DataFrame
-        The two windows (e.g. the training months and the last 31 days). Both must hold every column named below.
-    columns : list of str
-        Feature columns to watch.
-    categorical : list of str, optional
-        Columns to treat as categorical (others that are not listed: numeric if numeric). ``None``: inferred (object,
-        string, category and bool columns, and numeric columns with at most :data:`CATEGORICAL_MAX_UNIQUE`
-        distinct values). Entries that are not in ``columns`` are ignored.
-    method : str, optional
-        Evidently stattest name for every feature column (``"ks"``, ``"wasserstein"``, ``"psi"``,
-        ``"jensenshannon"``, ``"chisquare"``, ...). ``None``: Evidently's default choice per column (reference
-        <= 1000 rows: K-S, chi-square or Z; more: normed Wasserstein or Jensen-Shannon).
-    threshold : float, optional
-        Drift threshold for ``method``; ``None``: the method's default (0.05 for tests, 0.1 for distances).
-    drift_share : float, default 0.5
-        Dataset (and slice) drift when at least this share of columns drifted.
-    max_rows : int, optional
-        Score only a seeded sample of at most this many rows per window. ``None`` (default): all rows.
-    seed : int, default 0
-        Seed of the samples (``max_rows`` and the HTML's).
-    title : str, default "Data drift"
-        Names the result and the HTML report.
-    prediction_columns : mapping of str to str, or list of str, optional
-        Score columns present in both frames: ``{"candidate": "score_v2", "champion": "score_v1"}`` (model name to
-        column), or a list of columns (each its own name). Compared reference vs current window per model.
-    label_column : str, optional
-        Label column present in both frames; compared reference vs current window.
-    label_kind : {"categorical", "numeric"}, optional
-        The label's kind; ``None``: inferred like a feature's.
-    slice_columns : list of str, optional
-        Columns whose values define slices; per slice, the drift of the other feature columns within it.
-    slice_max_values : int, default 50
-        Slices per slice column: its most frequent values over both windows (the rest counted in
-        ``values_dropped``).
-    slice_min_rows : int, default 300
-        A slice needs at least this many rows in each window, else it is listed in ``too_small``.
-    html : bool, default True
-        Build Evidently's interactive HTML report (on a sample of at most ``html_max_rows`` rows per window).
-    html_max_rows : int, optional
-        Sample size of the HTML report per window; ``None``: all rows (slow: Evidently's preset).
-    n_jobs : int, optional
-        Threads for the column scores; ``None``: up to 2.
-
-    Returns
-    -------
-    DriftResult
-        Per-column rows (``columns``), dataset drift, ``prediction_drift``, ``label_drift``, ``slices``,
-        ``html`` and ``html_sample``. :meth:`DriftResult.to_dict` is the drift JSON (no HTML), the same bytes for
-        the same inputs in every process.
-
-    Raises
-    ------
-    ValueError
-        Missing columns, empty windows, a column with no value in a window, an unknown method or one that does
-        not apply to a column's kind.
-
-    Examples
-    --------
-    >>> import numpy as np, pandas as pd
-    >>> rng = np.random.default_rng(0)
-    >>> ref = pd.DataFrame({"x": rng.normal(0, 1, 500), "c": rng.choice(["a", "b", "c"], 500)})
-    >>> cur = pd.DataFrame({"x": rng.normal(1, 1, 400), "c": rng.choice(["a", "b", "c"], 400)})
-    >>> r = compute_drift(ref, cur, columns=["x", "c"], html=False)
-    >>> [(c["column"], c["kind"], c["method"], c["drifted"]) for c in r.columns]
-    [('x', 'numeric', 'K-S p_value', True), ('c', 'categorical', 'chi-square p_value', False)]
-    >>> r.n_drifted, r.dataset_drift, r.reference_rows, r.current_rows
-    (1, True, 500, 400)
-    """
-    columns = list(dict.fromkeys(columns or []))
-    if not columns:
-        raise ValueError(f"{title}: no columns given for drift detection")
-    if isinstance(prediction_columns, Mapping):
-        predictions = {str(k): str(v) for k, v in prediction_columns.items()}
-    else:
-        predictions = {str(c): str(c) for c in (prediction_columns or [])}
-    slice_columns = list(dict.fromkeys(slice_columns or []))
-    extra_needed = list(predictions.values()) + ([label_column] if label_column else []) + slice_columns
+def _check_inputs(reference, current, columns, extra_needed, categorical, method, max_rows, html_max_rows,
+                  drift_share, label_kind, slice_max_values, slice_min_rows, title) -> list | None:
+    """Refuse what compute_drift cannot use, naming it; returns the categorical columns that are drift columns."""
     for side, frame in (("reference", reference), ("current", current)):
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"{title}: {side} data must be a pandas DataFrame, got {type(frame).__name__}")
@@ -499,13 +396,10 @@ def compute_drift(
         raise ValueError(f"{title}: label_kind must be 'numeric', 'categorical' or None, got {label_kind!r}")
     if slice_max_values < 1 or slice_min_rows < 0:
         raise ValueError(f"{title}: slice_max_values must be >= 1 and slice_min_rows >= 0")
+    return categorical
 
-    needed = list(dict.fromkeys(columns + extra_needed))
-    ref_s = _sample(reference[needed], max_rows, seed)
-    cur_s = _sample(current[needed], max_rows, seed)
-    sampled = len(ref_s) < len(reference) or len(cur_s) < len(current)
 
-    prepared = _prepare_all(ref_s, cur_s, columns, categorical)
+def _check_prepared(prepared: dict, columns: list, method, title: str) -> None:
     for c, col in prepared.items():
         for side, arr in (("reference", col.reference), ("current", col.current)):
             has_value = (~np.isnan(arr)).any() if col.kind == NUMERIC else (arr >= 0).any()
@@ -522,11 +416,9 @@ def compute_drift(
                 + ", ".join(sorted(_CATEGORICAL_OK & _NUMERIC_OK))
             )
 
-    rows = [_finish(r) for r in score_columns([prepared[c] for c in columns], method, threshold, n_jobs)]
-    n_drifted = sum(r["drifted"] for r in rows)
-    share = n_drifted / len(rows)
 
-    # predictions and label: Evidently's default method (the spec's method is for the features)
+def _score_extras(ref_s, cur_s, predictions: dict, label_column, label_kind, n_jobs):
+    """Prediction and label drift with Evidently's default method (the spec's method is for the features)."""
     extra: dict[str, PreparedColumn] = {}
     pred_kinds = {col: (NUMERIC if _is_numeric(ref_s[col]) and _is_numeric(cur_s[col]) else CATEGORICAL)
                   for col in predictions.values()}
@@ -538,38 +430,125 @@ def compute_drift(
     extra_rows = {r["column"]: _finish(r) for r in score_columns([extra[c] for c in extra_cols], None, None, n_jobs)}
     prediction_drift = [{"model": m, **extra_rows[col]} for m, col in predictions.items()]
     label_drift = extra_rows[label_column] if label_column else None
+    return extra, extra_cols, prediction_drift, label_drift
+
+
+def compute_drift(reference: pd.DataFrame, current: pd.DataFrame, *, columns: list[str],
+                  categorical: list[str] | None = None, method: str | None = None, threshold: float | None = None,
+                  drift_share: float = 0.5, max_rows: int | None = None, seed: int = 0, title: str = "Data drift",
+                  prediction_columns: Mapping[str, str] | Sequence[str] | None = None,
+                  label_column: str | None = None, label_kind: str | None = None,
+                  slice_columns: Sequence[str] | None = None, slice_max_values: int = 50, slice_min_rows: int = 300,
+                  html: bool = True, html_max_rows: int | None = DEFAULT_HTML_MAX_ROWS,
+                  n_jobs: int | None = None) -> DriftResult:
+    """Drift of ``current`` against ``reference``: per column, per model's scores, of the label and per slice.
+
+    Each column is scored once, on all rows, by the Evidently 0.7 method ``DataDriftPreset`` would use
+    (see the module notes); the scores equal the preset's on the same frames.
+
+    Parameters
+    ----------
+    reference, current : pandas.DataFrame
+        The two windows (e.g. the training months and the last 31 days), holding every column named below.
+    columns : list of str
+        Feature columns to watch.
+    categorical : list of str, optional
+        Columns to treat as categorical (others that are not listed: numeric if numeric). ``None``: inferred (object,
+        string, category and bool columns, and numeric columns with at most :data:`CATEGORICAL_MAX_UNIQUE`
+        distinct values). Entries that are not in ``columns`` are ignored.
+    method : str, optional
+        Evidently stattest name for every feature column (``"ks"``, ``"wasserstein"``, ``"psi"``,
+        ``"jensenshannon"``, ``"chisquare"``, ...). ``None``: Evidently's default choice per column (reference
+        <= 1000 rows: K-S, chi-square or Z; more: normed Wasserstein or Jensen-Shannon).
+    threshold : float, optional
+        Drift threshold for ``method``; ``None``: the method's default (0.05 for tests, 0.1 for distances).
+    drift_share : float, default 0.5
+        Dataset (and slice) drift when at least this share of columns drifted.
+    max_rows : int, optional
+        Score only a seeded sample of at most this many rows per window. ``None`` (default): all rows.
+    seed : int, default 0
+        Seed of the samples (``max_rows`` and the HTML's); ``title`` names the result and the HTML report.
+    prediction_columns : mapping of str to str, or list of str, optional
+        Score columns present in both frames: ``{"candidate": "score_v2", "champion": "score_v1"}`` (model name to
+        column), or a list of columns (each its own name). Compared reference vs current window per model.
+    label_column : str, optional
+        Label column present in both frames; ``label_kind`` ("categorical" / "numeric"; default: inferred).
+    slice_columns : list of str, optional
+        Columns whose values define slices; per slice, the drift of the other feature columns within it.
+    slice_max_values : int, default 50
+        Slices per slice column: its most frequent values over both windows (the rest counted in
+        ``values_dropped``).
+    slice_min_rows : int, default 300
+        A slice needs at least this many rows in each window, else it is listed in ``too_small``.
+    html : bool, default True
+        Build Evidently's interactive HTML report on a sample of at most ``html_max_rows`` rows per window (``None``:
+        all rows, slow: Evidently's preset). ``n_jobs``: threads for the column scores (default: up to 2).
+
+    Returns
+    -------
+    DriftResult
+        Per-column rows (``columns``), dataset drift, ``prediction_drift``, ``label_drift``, ``slices``,
+        ``html`` and ``html_sample``. :meth:`DriftResult.to_dict` is the drift JSON (no HTML), the same bytes for
+        the same inputs in every process.
+
+    Raises
+    ------
+    ValueError
+        Missing columns, empty windows, a column with no value in a window, an unknown or inapplicable method.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(0)
+    >>> ref = pd.DataFrame({"x": rng.normal(0, 1, 500), "c": rng.choice(["a", "b", "c"], 500)})
+    >>> cur = pd.DataFrame({"x": rng.normal(1, 1, 400), "c": rng.choice(["a", "b", "c"], 400)})
+    >>> r = compute_drift(ref, cur, columns=["x", "c"], html=False)
+    >>> [(c["column"], c["kind"], c["method"], c["drifted"]) for c in r.columns]
+    [('x', 'numeric', 'K-S p_value', True), ('c', 'categorical', 'chi-square p_value', False)]
+    >>> r.n_drifted, r.dataset_drift, r.reference_rows, r.current_rows
+    (1, True, 500, 400)
+    """
+    columns = list(dict.fromkeys(columns or []))
+    if not columns:
+        raise ValueError(f"{title}: no columns given for drift detection")
+    if isinstance(prediction_columns, Mapping):
+        predictions = {str(k): str(v) for k, v in prediction_columns.items()}
+    else:
+        predictions = {str(c): str(c) for c in (prediction_columns or [])}
+    slice_columns = list(dict.fromkeys(slice_columns or []))
+    extra_needed = list(predictions.values()) + ([label_column] if label_column else []) + slice_columns
+    categorical = _check_inputs(reference, current, columns, extra_needed, categorical, method, max_rows,
+                                html_max_rows, drift_share, label_kind, slice_max_values, slice_min_rows, title)
+
+    needed = list(dict.fromkeys(columns + extra_needed))
+    ref_s = _sample(reference[needed], max_rows, seed)
+    cur_s = _sample(current[needed], max_rows, seed)
+    sampled = len(ref_s) < len(reference) or len(cur_s) < len(current)
+
+    prepared = _prepare_all(ref_s, cur_s, columns, categorical)
+    _check_prepared(prepared, columns, method, title)
+
+    rows = [_finish(r) for r in score_columns([prepared[c] for c in columns], method, threshold, n_jobs)]
+    n_drifted = sum(r["drifted"] for r in rows)
+    share = n_drifted / len(rows)
+
+    extra, extra_cols, prediction_drift, label_drift = _score_extras(ref_s, cur_s, predictions, label_column,
+                                                                      label_kind, n_jobs)
 
     slices = [
         _slice_drift(ref_s, cur_s, s, prepared, method=method, threshold=threshold, drift_share=drift_share,
                      max_values=slice_max_values, min_rows=slice_min_rows, n_jobs=n_jobs)
         for s in slice_columns
     ]
-
     html_str, html_sample, ev = "", None, {}
     if html:
         html_str, html_sample, ev = _html_report(
             prepared, {c: extra[c] for c in extra_cols if c not in prepared}, method=method, threshold=threshold,
             drift_share=drift_share, html_max_rows=html_max_rows, seed=seed, title=title, n_ref=len(ref_s),
             n_cur=len(cur_s))
-
     return DriftResult(
-        title=title,
-        columns=rows,
-        n_drifted=n_drifted,
-        share_drifted=share,
-        dataset_drift=bool(share >= drift_share),
-        drift_share=drift_share,
-        reference_rows=len(ref_s),
-        current_rows=len(cur_s),
-        sampled=sampled,
-        reference_rows_total=len(reference),
-        current_rows_total=len(current),
-        seed=seed,
-        max_rows=max_rows,
-        prediction_drift=prediction_drift,
-        label_drift=label_drift,
-        slices=slices,
-        html_sample=html_sample,
-        html=html_str,
-        evidently_result=ev,
-    )
+        title=title, columns=rows, n_drifted=n_drifted, share_drifted=share, dataset_drift=bool(share >= drift_share),
+        drift_share=drift_share, reference_rows=len(ref_s), current_rows=len(cur_s), sampled=sampled,
+        reference_rows_total=len(reference), current_rows_total=len(current), seed=seed, max_rows=max_rows,
+        prediction_drift=prediction_drift, label_drift=label_drift, slices=slices, html_sample=html_sample,
+        html=html_str, evidently_result=ev)

@@ -1,6 +1,6 @@
 """Load a pickled model in a throwaway process and score a few rows: ``python -m eval_pipeline.pickle_probe``.
 
-Run by :func:`eval_pipeline.registry.check_artifact` (never imported by the pipeline itself) so that unpickling an
+Run by :func:`eval_pipeline.artifact_check.check_artifact` (never imported by the pipeline itself) so that unpickling an
 artifact at registration cannot touch the registering process. Arguments: the artifact file, a parquet of feature
 rows (or ``-``), ``predict`` or ``predict_proba``, and the output ``.npy`` path. The scores are written as a plain
 float64 array (read back with ``allow_pickle=False``); the outcome is one JSON line on stdout.

@@ -27,7 +27,8 @@ from .lake import Lake, LakeError
 from .packages import package_versions
 from .registry import ModelManifest, Registry
 from .scoring import predictions_path, score_columns, score_model
-from .snapshot import DataError, Snapshot, eval_rows, latest_pointer, load_snapshot, read_window, refresh_snapshot
+from .refresh import refresh_snapshot
+from .snapshot import DataError, Snapshot, eval_rows, latest_pointer, load_snapshot, read_window
 from .spec import EvalSpec, spec_text_from
 
 class EvaluationError(ValueError):
@@ -512,7 +513,9 @@ def write_report(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dict:
     md = render_markdown(result, quality, drift_summary)
     # The report names lake files relative to the lake root, like the result JSON (same bytes in any lake); the
     # HTML (plots from the evaluation rows, streamed) is eval_pipeline.report_html's.
-    return write_report_files(ctx, snap, inputs, result, quality, drift_summary, md, paths)
+    candidate, baseline = run_models(ctx, inputs)  # the run's pinned models: the report's curves score them
+    roles = {"candidate": candidate} | ({"baseline": baseline} if baseline else {})
+    return write_report_files(ctx, snap, inputs, result, quality, drift_summary, md, paths, roles)
 
 
 class PromotionRefused(EvaluationError):

@@ -20,6 +20,7 @@ import html
 import math
 
 from . import plots
+from .curves import report_curves
 from .packages import package_versions
 from .report import VERDICT_COLOURS, _deciding_gates, _fmt, _what_changes
 
@@ -485,15 +486,10 @@ def report_link(lake, rel_path: str, expiration: int = PRESIGN_SECONDS) -> str:
 
 # -- the step --------------------------------------------------------------------------------------------------------
 def write_report_files(ctx, snap, inputs, result: dict, quality: dict, drift: dict | None, base_markdown: str,
-                       paths: dict) -> dict:
+                       paths: dict, roles: dict) -> dict:
     """Compute the plot data (streamed from the lake), write report.md and report.html, return what the asset
     shows: ``markdown`` (the report, with the key plots), ``plots_markdown`` (plots + link only), ``html_uri``,
     ``report_url`` (file:// or presigned) and ``verdict``."""
-    from .curves import report_curves
-    from .pipeline import run_models
-
-    candidate, baseline = run_models(ctx, inputs)
-    roles = {"candidate": candidate} | ({"baseline": baseline} if baseline else {})
     curves = report_curves(ctx.lake, ctx.spec, snap, roles)
     folder = paths["folder"]
     ea_rel = f"{folder}/error_analysis.json"  # written by an error-analysis step when there is one

@@ -128,12 +128,9 @@ def _normalise_types(table: pa.Table, spec: EvalSpec, rel: str, lake: Lake, wher
     return table.cast(pa.schema(fields))
 
 
-def refresh_snapshot(lake: Lake, spec: EvalSpec) -> Snapshot:
-    """Build (or re-use) the snapshot of everything in the landing zone (or, with data.sql, of the warehouse)."""
-    if spec.data.sql is not None:
-        from .sql_source import refresh_sql_snapshot
-
-        return refresh_sql_snapshot(lake, spec)
+def refresh_files_snapshot(lake: Lake, spec: EvalSpec) -> Snapshot:
+    """Build (or re-use) the snapshot of everything in the landing zone (:func:`eval_pipeline.refresh.refresh_snapshot`
+    picks this or the warehouse source)."""
     files = list_source_files(lake, spec)
     if not files:
         raise DataError(f"no data files (*.parquet, *.csv) under {lake.uri(source_prefix(lake, spec))} "

@@ -24,7 +24,8 @@ from eval_pipeline.cli import run_evaluation
 from eval_pipeline.lake import Lake, LakeError
 from eval_pipeline.registry import Registry, RegistryError
 from eval_pipeline.scoring import ScoringError, score_model
-from eval_pipeline.snapshot import DataError, refresh_snapshot
+from eval_pipeline.refresh import refresh_snapshot
+from eval_pipeline.snapshot import DataError
 from eval_pipeline.spec import SpecError, load_spec
 
 from .fixtures.toy_expected import TOY_MARGIN, assert_toy_release_pass

@@ -15,7 +15,8 @@ import skops.io as sio
 
 from eval_pipeline import cli
 from eval_pipeline.lake import Lake
-from eval_pipeline.registry import ArtifactCheck, Registry, RegistryError
+from eval_pipeline.artifact_check import ArtifactCheck
+from eval_pipeline.registry import Registry, RegistryError
 
 from .s3_util import write_spec
 from .toy import fit_model, land, toy_frame, toy_spec

@@ -10,7 +10,8 @@ import skops.io as sio
 from eval_pipeline.lake import Lake
 from eval_pipeline.registry import Registry, RegistryError
 from eval_pipeline.scoring import ScoringError, load_model, score_model
-from eval_pipeline.snapshot import DataError, refresh_snapshot
+from eval_pipeline.refresh import refresh_snapshot
+from eval_pipeline.snapshot import DataError
 
 from .toy import fit_model, joblib_bytes, land, register_joblib, toy_frame, toy_spec
 

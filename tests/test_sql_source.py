@@ -20,7 +20,8 @@ import pytest
 
 from eval_pipeline.lake import Lake
 from eval_pipeline.registry import Registry
-from eval_pipeline.snapshot import DataError, load_snapshot, refresh_snapshot
+from eval_pipeline.refresh import refresh_snapshot
+from eval_pipeline.snapshot import DataError, load_snapshot
 from eval_pipeline.spec import parse_spec
 
 from .fixtures.toy_expected import TOY_ROWS, assert_toy_release_pass

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..registry import ArtifactCheck
+from ..artifact_check import ArtifactCheck
 from ..spec import load_spec
 from .data import (BASELINE_CATEGORICAL, BASELINE_NUMERIC, CANDIDATE_CATEGORICAL, CANDIDATE_NUMERIC,
                    HOLDOUT_FRACTION, packaged_spec_path)

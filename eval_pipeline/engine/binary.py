@@ -188,13 +188,16 @@ def _near_perfect_diagnostics(values, n_s, n_pos, families) -> dict:
                 why = (f"near-perfect ranking with few labels of one class: min(P, N) x (1 - AUC) = {errors:.3g} < "
                        f"{MIN_RANKING_ERRORS:g} expected ranking errors; bootstrap intervals of AUC and AP undercover "
                        f"here (the interval may be too narrow)")
-                flags[r] = {m: {"reliable": False, "reason": why} for m in ("roc_auc", "average_precision")}
+                # misses go both ways here (the simulation's false FAILs came from these rows): decide nothing
+                flags[r] = {m: {"reliable": False, "reason": why, "blocks": "both"}
+                            for m in ("roc_auc", "average_precision")}
         if flags:
             delta = {}
             for fam in families:
                 if len(fam) == 2 and any(r in flags for r in fam):
                     why = "; ".join(f"{r}: {flags[r]['roc_auc']['reason']}" for r in fam if r in flags)
-                    delta = {m: {"reliable": False, "reason": why} for m in ("roc_auc", "average_precision")}
+                    delta = {m: {"reliable": False, "reason": why, "blocks": "both"}
+                             for m in ("roc_auc", "average_precision")}
             out[j] = {"models": flags, "delta": delta}
     return out
 

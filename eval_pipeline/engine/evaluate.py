@@ -114,6 +114,7 @@ def _flag_interval(cell: dict, diag: dict | None) -> None:
     if diag is not None and not diag.get("reliable", True):
         cell["interval_reliable"] = False
         cell["interval_warning"] = diag.get("reason")
+        cell["interval_blocks"] = diag.get("blocks", "pass")  # which gate decisions it cannot support
 
 
 def _size_status(n: int, n_pos: int | None, cfg: SliceConfig) -> tuple[str, str | None]:

@@ -218,7 +218,8 @@ class _Test:
     reps: np.ndarray  # defined replicates of x (delta or value), in the metric's own direction
     n_sides_fail: int  # 2 for an absolute gate with both bounds (p_fail is Bonferroni over the sides)
     gap: float | None  # signed distance of the estimate from the decision boundary, > 0 on the PASS side
-    unreliable: str = ""  # why the engine flags the tested interval as unreliable (regression heavy tails), if it does
+    unreliable: str = ""  # why the engine flags the tested interval as unreliable (heavy tails, near-perfect), if so
+    blocks: str = "pass"  # what a flagged interval may not decide: "pass" (its misses are optimistic) or "both"
 
 
 def _expand(result, gates, power=None):
@@ -309,7 +310,8 @@ def _expand(result, gates, power=None):
             cell = dv if g.kind == "non_inferiority" else mv
             unreliable = ((cell.get("interval_warning") or "heavy-tailed errors")
                           if cell.get("interval_reliable") is False else "")
-            tests.append(_Test(len(rows) - 1, p_pass, p_fail, reps, sides, gap, unreliable))
+            tests.append(_Test(len(rows) - 1, p_pass, p_fail, reps, sides, gap, unreliable,
+                               cell.get("interval_blocks", "pass")))
     return rows, tests
 
 
@@ -471,8 +473,9 @@ def _decide(t: _Test, row: dict, passed: bool, failed: bool, lev_pass: float, le
         row["rule"] += (f"; p-values and interval from the {used} defined replicates ({undef} of {used + undef} "
                         f"undefined and dropped: this conditions on resamples where the metric exists, so the "
                         f"interval may be too narrow)")
-    if outcome == "PASS" and t.unreliable:
-        # heavy-tailed errors make the interval too narrow on the optimistic side: a PASS is not supported
+    if t.unreliable and (outcome == "PASS" or (outcome == "FAIL" and t.blocks == "both")):
+        # heavy-tailed regression errors make intervals too narrow on the optimistic side (a PASS is not supported,
+        # a FAIL is conservative); near-perfect rankings with few labels miss either way (neither is supported)
         row["outcome"] = "INCONCLUSIVE"
         row["rule"] += f"; but the interval is flagged unreliable ({t.unreliable}) → INCONCLUSIVE"
     se, mde, n_needed, ptxt = _power_figures(t, row, a, lev_fail, power, blocked)
