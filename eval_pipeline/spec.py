@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_serializer, model_validator)
 from pydantic_core import InitErrorDetails
 
 from .settings import DOTTED_NAME
@@ -48,13 +48,25 @@ class _Strict(BaseModel):
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _matching(pattern: re.Pattern, value: str, message: str) -> str:
+    """``value`` if ``pattern`` matches it, else a ValueError with ``message`` (a validator's whole body)."""
+    if not pattern.match(value):
+        raise ValueError(message)
+    return value
+
+
+def _env_var_named(v: str) -> str:
+    return _matching(_ENV_NAME, v, f"{v!r} is not an environment variable name (letters, digits, '_')")
 _SQL_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 
 
 class SqlSourceSpec(_Strict):
     """A warehouse query or table read through SQLAlchemy in batches (eval_pipeline.sql_source). The connection URL,
     credentials included, comes only from the environment variable named by ``url_env``, never from the spec."""
-    url_env: str = Field(description="environment variable holding the SQLAlchemy URL (with its credentials)")
+    url_env: Annotated[str, AfterValidator(_env_var_named)] = Field(
+        description="environment variable holding the SQLAlchemy URL (with its credentials)")
     query: str | None = Field(None, description="a SELECT returning (at least) the spec's columns")
     table: str | None = Field(None, description="a table or view, 'name' or 'schema.name', instead of a query")
     batch_rows: int = Field(50_000, ge=1, description="rows fetched per batch and written per parquet part")
@@ -66,13 +78,6 @@ class SqlSourceSpec(_Strict):
             raise ValueError("credentials never go in the spec: put the SQLAlchemy URL in an environment variable "
                              "and name that variable in data.sql.url_env")
         return data
-
-    @field_validator("url_env")
-    @classmethod
-    def _env_name(cls, v: str) -> str:
-        if not _ENV_NAME.match(v):
-            raise ValueError(f"{v!r} is not an environment variable name (letters, digits, '_')")
-        return v
 
     @field_validator("table")
     @classmethod
@@ -147,9 +152,7 @@ class ModelSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(f"model name {v!r} must match {NAME_RE.pattern} (no '/', '..' or spaces)")
-        return v
+        return _matching(NAME_RE, v, f"model name {v!r} must match {NAME_RE.pattern} (no '/', '..' or spaces)")
 
     @field_validator("trusted_types")
     @classmethod

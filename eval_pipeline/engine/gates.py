@@ -360,6 +360,12 @@ def _q(x, a):
     return float(np.quantile(x, a))
 
 
+def _bound_parts(row: dict, on_min, on_max) -> list[str]:
+    """The text of an absolute gate's bounds, min first: ``on_min(min)`` and / or ``on_max(max)``."""
+    return ([on_min(row["min"])] if row["min"] is not None else []) + (
+        [on_max(row["max"])] if row["max"] is not None else [])
+
+
 def _pct(a):
     v = 100 * (1 - a)
     return f"{v:.4g}%"
@@ -393,11 +399,8 @@ def _power_figures(t: _Test, row: dict, lev_pass: float, lev_fail: float, power:
         else:
             need_txt = f"a true delta ≤ margin - MDE = {row['margin'] - mde:.4g}"
     else:
-        parts = []
-        if row["min"] is not None:
-            parts.append(f"≥ min + MDE = {row['min'] + mde:.4g}")
-        if row["max"] is not None:
-            parts.append(f"≤ max - MDE = {row['max'] - mde:.4g}")
+        parts = _bound_parts(row, lambda lo: f"≥ min + MDE = {lo + mde:.4g}",
+                             lambda hi: f"≤ max - MDE = {hi - mde:.4g}")
         need_txt = f"a true {m} {' and '.join(parts)}"
     text = (f"; MDE at {power:.0%} power and level {lev_pass:.4g}: {mde:.4g} ({need_txt} would PASS with "
             f"probability {power:.0%}; se = {se:.4g})")
@@ -459,11 +462,8 @@ def _decide(t: _Test, row: dict, passed: bool, failed: bool, lev_pass: float, le
             row["rule"] = (f"{side} {_pct(lvl)} bound of {qty} ({bound:.4g}) {cmp_ok} {thr_txt} → {outcome} "
                            f"(p = {p:.4g} ≤ {adj_name} level {lvl:.4g})")
     else:
-        parts = []
-        if row["min"] is not None:
-            parts.append(f"lower {_pct(lvl)} bound ({lo:.4g}) vs min ({row['min']:g})")
-        if row["max"] is not None:
-            parts.append(f"upper {_pct(lvl)} bound ({hi:.4g}) vs max ({row['max']:g})")
+        parts = _bound_parts(row, lambda b: f"lower {_pct(lvl)} bound ({lo:.4g}) vs min ({b:g})",
+                             lambda b: f"upper {_pct(lvl)} bound ({hi:.4g}) vs max ({b:g})")
         row["bound"] = lo if row["min"] is not None else hi
         cmp = "≤" if outcome != "INCONCLUSIVE" else ">"
         row["rule"] = (f"{' and '.join(parts)} of {row['metric']} → {outcome} "
