@@ -515,6 +515,11 @@ def write_report(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dict:
     # HTML (plots from the evaluation rows, streamed) is eval_pipeline.report_html's.
     candidate, baseline = run_models(ctx, inputs)  # the run's pinned models: the report's curves score them
     roles = {"candidate": candidate} | ({"baseline": baseline} if baseline else {})
+    if baseline is not None and not inputs.monitoring:  # paired only: error_analysis.json + regressed_rows.parquet
+        from .error_analysis import write_error_analysis
+
+        write_error_analysis(ctx.lake, ctx.spec, snap, folder, _engine_batches(ctx, snap, roles),
+                             baseline_ref=baseline.ref, candidate_ref=candidate.ref)
     return write_report_files(ctx, snap, inputs, result, quality, drift_summary, md, paths, roles)
 
 

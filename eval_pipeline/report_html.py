@@ -282,21 +282,55 @@ def _drift_section(drift: dict | None, drift_html_uri: str | None) -> str:
     return "".join(parts)
 
 
+def _rate_ci(rate, ci) -> str:
+    return "—" if rate is None else f"{rate:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
+def _flip_table(rows: list[dict]) -> str:
+    header = ["slice", "n", "both right", "right→wrong", "wrong→right", "both wrong", "right→wrong rate",
+              "wrong→right rate", "net regression", "status"]
+    body = [[r.get("slice"), r.get("n"), r.get("both_right"), r.get("right_to_wrong"), r.get("wrong_to_right"),
+             r.get("both_wrong"), _rate_ci(r.get("right_to_wrong_rate"), r.get("right_to_wrong_ci")),
+             _rate_ci(r.get("wrong_to_right_rate"), r.get("wrong_to_right_ci")),
+             _rate_ci(r.get("net_regression_rate"), r.get("net_regression_ci")), r.get("status", "")]
+            for r in rows[:200]]
+    return _table(header, body)
+
+
 def _error_section(error_analysis: dict | None) -> str:
-    """Rendered only when another step wrote error-analysis data: tables of rows (dicts) under any keys."""
+    """Rendered only when the error-analysis step wrote data (eval_pipeline.error_analysis): the summary, the most
+    regressed slices, the flip table per slice, the top regressed rows and a link to their parquet file (in the
+    report's own folder). Any other list of row dicts is shown as a table too."""
     if not error_analysis:
         return ""
     parts = ["<h2 id=errors>Error analysis</h2>"]
     if error_analysis.get("summary"):
         parts.append(f"<p>{e(str(error_analysis['summary']))}</p>")
+    conf = error_analysis.get("confidence")
+    if "slices" in error_analysis:
+        parts.append(f"<p>Rates with {_pct(conf) if conf else ''} Wilson intervals; net regression = right→wrong − "
+                     f"wrong→right over n (= −accuracy Δ) with Newcombe's paired interval; not adjusted for "
+                     f"multiplicity.</p>")
+    worst = error_analysis.get("most_regressed")
+    if isinstance(worst, list):
+        parts.append("<h3>Slices where the candidate regresses most</h3>"
+                     + (_flip_table(worst) if worst else "<p>None: no sized slice regresses on net.</p>"))
+    if isinstance(error_analysis.get("slices"), list):
+        rows = error_analysis["slices"]
+        parts.append(f"<details><summary>flip table per slice ({len(rows)} slices)</summary>{_flip_table(rows)}"
+                     f"</details>")
     for key, rows in error_analysis.items():
-        if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
+        if key in ("most_regressed", "slices") or not isinstance(rows, list) or not rows \
+                or not isinstance(rows[0], dict):
             continue
         header = list(rows[0])[:MAX_COLUMNS]
         body = [[_fmt(r.get(h)) for h in header] for r in rows[:200]]
         parts.append(f"<details><summary>{e(key)} ({len(rows)} rows)</summary>{_table(header, body)}</details>")
     if error_analysis.get("rows_uri"):
-        parts.append(f"<p>Rows: <code>{e(str(error_analysis['rows_uri']))}</code></p>")
+        name = error_analysis.get("rows_file")
+        link = f"<a href=\"{e(str(name))}\">{e(str(name))}</a> (next to this report), " if name else ""
+        parts.append(f"<p>Rows with their features: {link}<code>{e(str(error_analysis['rows_uri']))}</code> "
+                     f"(relative to the lake root).</p>")
     return "".join(parts)
 
 

@@ -31,7 +31,8 @@ from resources import LakeResource, SettingsResource
 from .toy import TOY_SPEC, fit_model, land, toy_frame
 
 TASK, MODEL = "toy", "toy_model"
-EVIDENCE = {"metrics.json", "gates.json", "report.md", "report.html", "spec.yaml", "result.json"}
+EVIDENCE = {"metrics.json", "gates.json", "report.md", "report.html", "spec.yaml", "result.json",
+            "error_analysis.json", "regressed_rows.parquet"}  # the last two: paired evaluations only
 
 
 def _write_spec(path, **evaluation):
