@@ -277,6 +277,19 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    """Models, versions, champion, latest verdicts and pending candidates (read-only); exit 0 whatever they are."""
+    from eval_pipeline.lake import Lake
+    from eval_pipeline.settings import load_settings
+    from eval_pipeline.spec import load_spec, spec_files
+    from eval_pipeline.status import lake_status, render_text
+
+    specs = [load_spec(p) for p in spec_files(args.spec or load_settings(warn=False).specs)]
+    status = lake_status(Lake(args.lake), specs)
+    print(json.dumps(status, indent=2) if args.json else render_text(status), end="\n" if args.json else "")
+    return 0
+
+
 def _lake_argument(parser: argparse.ArgumentParser) -> None:
     """--lake, required unless $EVAL_LAKE_ROOT names the lake."""
     parser.add_argument("--lake", default=os.environ.get(DEFAULT_ROOT_ENV), required=DEFAULT_ROOT_ENV not in os.environ,
@@ -329,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--by", help="--initial: who decided (default: the login name), for the audit record")
     pr.add_argument("--reason", help="--initial: why, for the audit record")
     pr.set_defaults(func=cmd_promote)
+
+    st = sub.add_parser("status", aliases=["models"],
+                        help="models, versions, champion, latest verdict and snapshot per version, pending candidates")
+    _lake_argument(st)
+    st.add_argument("--spec", action="append", default=[],
+                    help="spec file or folder (repeatable; default: $EVAL_SPECS, else the packaged specs): which "
+                         "task evaluates which model, for pending candidates")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_status)
     return p
 
 
