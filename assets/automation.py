@@ -48,11 +48,14 @@ Requested runs execute their steps in one process (``run_config_for``; EVAL_RUN_
 per-step processes cost ≈ 10 s each here and would break the ≤ 60 s turnaround.
 Cross-sensor de-duplication reads run tags from the instance; it is exact with the daemon's default sequential
 sensor evaluation (``sensors: use_threads: false``); with threaded sensors two sensors could race for one tick.
+Logging: one line per decision (a run requested, a refused version, a skip whose reason changed since the last tick)
+at INFO (problems at ERROR, also only when they change); repeats and details at DEBUG.
 """
 
 import datetime as dt
 import hashlib
 import json
+import logging
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -99,6 +102,26 @@ def _load_cursor(raw: str | None) -> dict:
 
 def _dump_cursor(value: dict) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# -- sensor logging: one INFO line per decision, repeats and details at DEBUG -----------------------------------------
+def _once(context, cursor: dict, new_cursor: dict, key: str, message: str, level: int = logging.INFO) -> dict:
+    """Log ``message`` at ``level`` only when it differs from what the previous tick said under ``key`` (a short hash
+    kept in the cursor), at DEBUG otherwise: a sensor repeating the same reason every 10 s buries what matters."""
+    digest = hashlib.sha256(message.encode()).hexdigest()[:16] if message else None
+    if message:
+        context.log.log(level if digest != cursor.get(key) else logging.DEBUG, message)
+    if digest:
+        new_cursor[key] = digest
+    else:
+        new_cursor.pop(key, None)
+    return new_cursor
+
+
+def _skipped(context, cursor: dict, new_cursor: dict, reason: str, **result) -> dg.SensorResult:
+    """A tick that requests nothing: its reason is logged at INFO only when it changed since the last tick."""
+    _once(context, cursor, new_cursor, "said", f"skipped: {reason}")
+    return dg.SensorResult(skip_reason=reason, cursor=_dump_cursor(new_cursor), **result)
 
 
 # -- lake state shared by the sensors ---------------------------------------------------------------------------------
@@ -223,16 +246,20 @@ def new_model_tick(context, lake: Lake, spec: EvalSpec, job_name: str, partition
         request = evaluation_request(spec, lake, inputs, "new_model", f"{name}@{version}:{sha[:16]}", run_config)
         if (evaluation_requested(context.instance, spec, job_name, version, inputs, request.tags[TAG_EVIDENCE])
                 or pipeline.evidence_complete(ctx, inputs)):  # e.g. evaluated by the CLI
-            context.log.info(f"{name}@{version} already has an evaluation on snapshot {snapshot_id} against "
-                             f"{baseline_tag(inputs)}")
+            context.log.debug(f"{name}@{version} already has an evaluation on snapshot {snapshot_id} against "
+                              f"{baseline_tag(inputs)}")
             continue
         run_requests.append(request)
         context.log.info(f"new model version {name}@{version} (sha256 {sha[:16]}): evaluation on {snapshot_id} "
                          f"against {baseline_tag(inputs)}")
 
-    skip = None if run_requests else _new_model_skip(name, waiting, why, no_baseline, problems)
-    return dg.SensorResult(run_requests=run_requests, skip_reason=skip, cursor=_dump_cursor({"done": done, "bad": bad}),
-                           dynamic_partitions_requests=_partition_requests(context, spec, to_add, run_requests))
+    partition_requests = _partition_requests(context, spec, to_add, run_requests)
+    if not run_requests:
+        return _skipped(context, cursor, {"done": done, "bad": bad},
+                        _new_model_skip(name, waiting, why, no_baseline, problems),
+                        dynamic_partitions_requests=partition_requests)
+    return dg.SensorResult(run_requests=run_requests, cursor=_dump_cursor({"done": done, "bad": bad}),
+                           dynamic_partitions_requests=partition_requests)
 
 
 def _new_versions(context, registry: Registry, name: str, done: dict, bad: dict) -> tuple[list, list[str]]:
@@ -310,20 +337,20 @@ def new_data_tick(context, lake: Lake, spec: EvalSpec, run_config: dict | None =
     try:
         fingerprint, n_files = landing_fingerprint(lake, spec)
     except DataError as exc:
-        return dg.SkipReason(f"cannot list the landing zone of '{spec.task}': {exc}")
+        return _skipped(context, cursor, {k: v for k, v in cursor.items() if k != "said"},
+                        f"cannot list the landing zone of '{spec.task}': {exc}")
     last_run, last_seen = cursor.get("last_run"), cursor.get("last_seen")
     if n_files == 0:
-        return dg.SensorResult(skip_reason=f"no data files under {spec.data.source}",
-                               cursor=_dump_cursor({"last_run": last_run, "last_seen": fingerprint}))
+        return _skipped(context, cursor, {"last_run": last_run, "last_seen": fingerprint},
+                        f"no data files under {spec.data.source}")
     if last_run is None and _landing_zone_is_snapshotted(lake, spec):
         last_run = fingerprint  # a fresh cursor (new deployment) over data the latest snapshot already holds
     if fingerprint == last_run:
-        return dg.SensorResult(skip_reason=f"no new files ({n_files} already refreshed)",
-                               cursor=_dump_cursor({"last_run": last_run, "last_seen": fingerprint}))
+        return _skipped(context, cursor, {"last_run": last_run, "last_seen": fingerprint},
+                        f"no new files ({n_files} already refreshed)")
     if fingerprint != last_seen:
-        return dg.SensorResult(skip_reason=f"landing zone changed ({n_files} files); waiting one tick for files to "
-                                           f"settle", cursor=_dump_cursor({"last_run": last_run,
-                                                                           "last_seen": fingerprint}))
+        return _skipped(context, cursor, {"last_run": last_run, "last_seen": fingerprint},
+                        f"landing zone changed ({n_files} files); waiting one tick for files to settle")
     context.log.info(f"{n_files} files in {spec.data.source} settled: requesting a refresh")
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=f"data:{fingerprint[:24]}", run_config=run_config,
@@ -341,18 +368,20 @@ def reevaluation_tick(context, lake: Lake, spec: EvalSpec, job_name: str, refres
     cursor = _load_cursor(context.cursor)
     snapshot_id, why = validated_snapshot(ctx)
     if snapshot_id is None:
-        return dg.SensorResult(skip_reason=f"nothing to re-evaluate: {why}", cursor=_dump_cursor(cursor))
+        return _skipped(context, cursor, {k: v for k, v in cursor.items() if k != "said"},
+                        f"nothing to re-evaluate: {why}")
     # Requested evidence ids on this snapshot: (version, baseline, spec) triples already asked for.
     requested = set(cursor.get("requested", [])) if cursor.get("snapshot") == snapshot_id else set()
 
-    champion = None
+    champion, problems = None, []  # problems: logged at ERROR when they change, not on every tick
     try:
         champion = registry.champion(name)
     except (RegistryError, LakeError, KeyError) as exc:
-        context.log.error(f"cannot read the champion of {name}: {exc}")
+        problems.append(f"cannot read the champion of {name}: {exc}")
     accepted = set(context.instance.get_dynamic_partitions(partitions_name))
     complete = [e["version"] for e in registry.scan(name) if e["complete"] and e["version"] in accepted]
-    targets, no_baseline = _reevaluation_targets(context, ctx, job_name, complete, champion, snapshot_id, requested)
+    targets, no_baseline = _reevaluation_targets(context, ctx, job_name, complete, champion, snapshot_id, requested,
+                                                 problems)
 
     # The nightly refresh: which night was handled last (by the refresh run's id).
     nightly = _runs_for(context.instance, refresh_job_name, {TAG_TRIGGER: "nightly", TAG_TASK: spec.task},
@@ -376,21 +405,24 @@ def reevaluation_tick(context, lake: Lake, spec: EvalSpec, job_name: str, refres
 
     new_cursor = {"snapshot": snapshot_id, "requested": sorted(requested),
                   "nightly_run": nightly_run.run_id if nightly_run else cursor.get("nightly_run")}
-    skip = None
+    _once(context, cursor, new_cursor, "problems", " | ".join(problems), logging.ERROR)
+    partition_requests = _partition_requests(context, spec, [], run_requests)
     if not run_requests:
-        skip = (f"snapshot {snapshot_id}: champion {champion or '(none)'} and open candidates already evaluated "
-                f"or requested" + ("; nightly monitoring outcome recorded" if asset_events else "")
-                + ("; " + " | ".join(no_baseline) if no_baseline else ""))
-    return dg.SensorResult(run_requests=run_requests, skip_reason=skip, cursor=_dump_cursor(new_cursor),
-                           asset_events=asset_events,
-                           dynamic_partitions_requests=_partition_requests(context, spec, [], run_requests))
+        return _skipped(context, cursor, new_cursor,
+                        f"snapshot {snapshot_id}: champion {champion or '(none)'} and open candidates already "
+                        f"evaluated or requested" + ("; nightly monitoring outcome recorded" if asset_events else "")
+                        + ("; " + " | ".join(no_baseline) if no_baseline else ""),
+                        asset_events=asset_events, dynamic_partitions_requests=partition_requests)
+    return dg.SensorResult(run_requests=run_requests, cursor=_dump_cursor(new_cursor), asset_events=asset_events,
+                           dynamic_partitions_requests=partition_requests)
 
 
 def _reevaluation_targets(context, ctx: pipeline.TaskContext, job_name: str, complete: list[str], champion: str | None,
-                          snapshot_id: str, requested: set[str]) -> tuple[list, list[str]]:
+                          snapshot_id: str, requested: set[str], problems: list[str]) -> tuple[list, list[str]]:
     """The champion (monitoring) and the open candidates (newer than the champion, or never evaluated) as (inputs,
     role, evidence id), unless already requested or evaluated; and why versions had nothing to be decided on. Each
-    is evaluated against the champion of NOW; after a promotion that is a new baseline, hence a new evidence id."""
+    is evaluated against the champion of NOW; after a promotion that is a new baseline, hence a new evidence id.
+    Versions whose inputs cannot be resolved are appended to ``problems``."""
     targets, no_baseline = [], []
     for version in complete:
         if version == champion:
@@ -406,7 +438,7 @@ def _reevaluation_targets(context, ctx: pipeline.TaskContext, job_name: str, com
             no_baseline.append(str(exc))
             continue
         except RESOLVE_ERRORS as exc:
-            context.log.error(f"not re-evaluating {ctx.model_name}@{version}: {exc}")
+            problems.append(f"not re-evaluating {ctx.model_name}@{version}: {exc}")
             continue
         evidence = pipeline.evidence_id(ctx, inputs)
         if evidence in requested or pipeline.evidence_complete(ctx, inputs):
