@@ -220,9 +220,20 @@ def cmd_demo(args) -> int:
     # The demo succeeded if the chain ran, whatever the verdict (its candidate is meant to FAIL one slice);
     # `evaluate` is the command whose exit code gates a release.
     code = EXIT_ERROR if code == EXIT_ERROR else 0
-    _say(f"see it in the Dagster UI: ./run ui  ({DEFAULT_ROOT_ENV}={lake.root} dagster dev -w workspace.yaml); its "
-         f"sensors also evaluate the second demo task, flights_arr_delay (regression), on their own")
+    _say(_ui_hint(lake.root, args.dagster_home or os.environ.get("DAGSTER_HOME")))
     return code
+
+
+def _ui_hint(lake_root: str, dagster_home: str | None) -> str:
+    """How to open the Dagster UI over the lake AND the instance the runs were kept in (without DAGSTER_HOME,
+    `dagster dev` opens a fresh instance that shows none of them)."""
+    also = "; its sensors also evaluate the second demo task, flights_arr_delay (regression), on their own"
+    if not dagster_home:
+        return (f"this run used an ephemeral Dagster instance, so the UI cannot show it: re-run with --dagster-home "
+                f"DIR (or DAGSTER_HOME set; `./run demo` does that) to keep runs; the UI over this lake: "
+                f"{DEFAULT_ROOT_ENV}={lake_root} DAGSTER_HOME=DIR ./run ui{also}")
+    env = f"{DEFAULT_ROOT_ENV}={lake_root} DAGSTER_HOME={Path(dagster_home).resolve()}"
+    return f"see it in the Dagster UI: {env} ./run ui  (or, inside .venv: {env} dagster dev -w workspace.yaml){also}"
 
 
 def cmd_register(args) -> int:

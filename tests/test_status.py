@@ -124,3 +124,14 @@ def test_empty_lake_says_so(tmp_path, capsys):
     assert code == 0 and json.loads(out) == {"lake": lake, "specs": [], "models": []}
     code, out = _status(capsys, "--lake", lake, "--spec", str(tmp_path))
     assert "no models: nothing is registered in this lake" in out
+
+
+def test_demo_ui_hint_names_the_dagster_home_the_runs_are_in(tmp_path):
+    """Issue 10 item 10: without DAGSTER_HOME, `dagster dev` opens an empty instance; the hint must say which."""
+    from eval_pipeline.cli import _ui_hint
+
+    kept = _ui_hint("/x/lake", str(tmp_path / "home"))
+    assert f"EVAL_LAKE_ROOT=/x/lake DAGSTER_HOME={tmp_path / 'home'} ./run ui" in kept
+    assert f"DAGSTER_HOME={tmp_path / 'home'} dagster dev -w workspace.yaml" in kept
+    ephemeral = _ui_hint("/x/lake", None)
+    assert "ephemeral Dagster instance" in ephemeral and "--dagster-home" in ephemeral
