@@ -5,7 +5,9 @@ returns the :class:`Check` objects of its kind. :data:`EXPECTATION_BUILDERS` lis
 are reported; adding an expectation kind is adding a builder there.
 
 Each check carries a ``describe(success, gx_result) -> (observed, message)`` function that turns GX's result into
-what a person reads; messages leave out the dataset's name (the caller prefixes it).
+what a person reads; messages leave out the dataset's name (the caller prefixes it). ``observed`` holds what the
+DATA showed (row count, null fraction, unexpected count and examples, the column's min and max, the newest timestamp
+and its age, the dtype), never the spec's bounds: those are in the message and the result's ``parameters``.
 
 Two rules hold for every kind:
 
@@ -216,13 +218,20 @@ def _map_observed(res: dict) -> dict:
     return obs
 
 
+def _null_share(res: dict) -> dict:
+    """The observed null fraction of a not-null expectation's column (None for an empty column)."""
+    n, total = res.get("unexpected_count"), res.get("element_count")
+    return {"null_fraction": n / total if n is not None and total else None}
+
+
 def _unexpected(subject: str, noun: str, ok: str, problem: str, *, examples: bool = True,
-                extra: dict | None = None) -> Describe:
+                extra: dict | Callable[[dict], dict] | None = None) -> Describe:
     """Describe a column-map expectation: ``ok`` when it holds, else
-    ``"<subject> has <n nouns> (<percent>)<problem>[; e.g. <examples>]"``."""
+    ``"<subject> has <n nouns> (<percent>)<problem>[; e.g. <examples>]"``. ``extra``: more observed values (a dict,
+    or a function of GX's result)."""
 
     def describe(success: bool, res: dict) -> tuple[dict, str]:
-        observed = {**_map_observed(res), **(extra or {})}
+        observed = {**_map_observed(res), **((extra(res) if callable(extra) else extra) or {})}
         if success:
             return observed, ok
         n, p = res.get("unexpected_count", 0), res.get("unexpected_percent")
@@ -298,7 +307,7 @@ def dtype_checks(q: QualityInputs) -> list[Check]:
             dtype = q.frame[column].dtype
             ok = dtype_family_ok(q.frame[column], family)
             verdict = f" ({family} as expected)" if ok else f"; expected {family}"
-            checks.append(_pandas_check("dtype", column, ok, {"dtype": str(dtype), "expected": family},
+            checks.append(_pandas_check("dtype", column, ok, {"dtype": str(dtype)},
                                         f"column '{column}' has dtype {dtype}{verdict}"))
     return checks
 
@@ -323,7 +332,7 @@ def not_null_checks(q: QualityInputs) -> list[Check]:
     return [check for c in columns for check in q.on_column(
         "not_null", gxe.ExpectColumnValuesToNotBeNull(column=c),
         _unexpected(f"column '{c}'", "null value", f"column '{c}' has no null values", "; expected none",
-                    examples=False))]
+                    examples=False, extra=_null_share))]
 
 
 def null_fraction_checks(q: QualityInputs) -> list[Check]:
@@ -334,7 +343,7 @@ def null_fraction_checks(q: QualityInputs) -> list[Check]:
 
 def _null_fraction(column: str, frac: float) -> Describe:
     def describe(success: bool, res: dict) -> tuple[dict, str]:
-        observed = {**_map_observed(res), "max_null_fraction": frac}
+        observed = {**_map_observed(res), **_null_share(res)}
         n, p = res.get("unexpected_count", 0), res.get("unexpected_percent")
         verdict = "within" if success else "exceeds"
         return observed, (f"column '{column}' has {_plural(n, 'null value')} ({_fmt_pct(p)}); "
@@ -351,10 +360,22 @@ def range_checks(q: QualityInputs) -> list[Check]:
         if lo is None and hi is None:
             continue
         bound = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        extent = _extent(q.frame[c]) if c in q.frame.columns else {}
         checks += q.on_column("range", gxe.ExpectColumnValuesToBeBetween(column=c, min_value=lo, max_value=hi),
                               _unexpected(f"column '{c}'", "value", f"all values of column '{c}' are within {bound}",
-                                          f" outside {bound}", extra={"min": lo, "max": hi}))
+                                          f" outside {bound}", extra=extent))
     return checks
+
+
+def _extent(series: pd.Series) -> dict:
+    """The observed min and max of a column's non-null values (GX's map result has only the unexpected ones)."""
+    values = series.dropna()
+    if values.empty:
+        return {"min": None, "max": None}
+    try:
+        return {"min": to_jsonsafe(values.min()), "max": to_jsonsafe(values.max())}
+    except (TypeError, ValueError):  # values that do not compare (mixed types): GX's counts say the rest
+        return {}
 
 
 def allowed_values_checks(q: QualityInputs) -> list[Check]:
@@ -383,7 +404,7 @@ def _finite_label_checks(q: QualityInputs) -> list[Check]:
         return []
     if not dtype_family_ok(q.frame[column], "numeric"):
         dtype = q.frame[column].dtype
-        return [_pandas_check("label_domain", column, False, {"dtype": str(dtype), "expected": "numeric"},
+        return [_pandas_check("label_domain", column, False, {"dtype": str(dtype)},
                               f"regression label '{column}' has dtype {dtype}; expected numeric")]
     big = float(np.finfo(np.float64).max)
     subject = f"regression label '{column}'"
@@ -423,14 +444,13 @@ def freshness_checks(q: QualityInputs) -> list[Check]:
 def _fresh(column: str, note: str, ref: FreshnessReference) -> Describe:
     def describe(success: bool, res: dict) -> tuple[dict, str]:
         newest = res.get("observed_value")
-        observed = {"newest": to_jsonsafe(newest), "max_age_days": ref.max_age_days}
-        if ref.origin != "clock":
-            observed.update(as_of=ref.as_of.isoformat(), cutoff=ref.cutoff.isoformat())
+        observed = {"newest": to_jsonsafe(newest)}  # the reference time and the allowed age are in parameters
         if newest is None or (not isinstance(newest, str) and pd.isna(newest)):
             return observed, f"timestamp column '{column}'{note} has no valid timestamps; cannot check freshness"
         try:
             age = (ref.as_of - _to_utc_timestamp(newest)) / pd.Timedelta(days=1)
             age_s = f"{age:.1f} days before as_of {ref.as_of.isoformat()}"
+            observed["age_days"] = round(float(age), 6)
         except (TypeError, ValueError):
             age_s = f"as_of {ref.as_of.isoformat()}"
         newest_s = f"newest '{column}'{note} is {_fmt_ts(newest)} ({age_s})"

@@ -294,3 +294,42 @@ def test_every_kind_has_one_builder_and_a_new_kind_is_one_function(clean, monkey
     assert r2.results[-1] == {"expectation": "expect_table_column_count_to_equal", "check": "column_count",
                               "column": None, "success": True, "observed": {"columns": 7},
                               "message": "flights snapshot: has 7 columns"}
+
+
+def test_observed_shows_the_data_not_the_spec():
+    """The 'observed' of each result (JSON and the HTML report's column) is what the data showed: the row count,
+    null fractions, the column's min and max, unexpected counts and examples, the newest timestamp and its age, the
+    dtype; never the spec's bounds (they are in the message)."""
+    df = pd.DataFrame({
+        "flight_id": [1, 2, 3, 4, 5, 6, 7, 8],
+        "delayed": [0, 1, 1, 0, 1, 0, 1, 2],  # one label outside {0, 1}
+        "time_hour": pd.Timestamp("2013-01-01", tz="UTC") + pd.to_timedelta([0, 1, 2, 3, 4, 5, 6, 48], unit="h"),
+        "distance": [100.0, 250.0, np.nan, 7000.0, 300.0, 80.0, 400.0, 500.0],
+        "origin": ["EWR", "JFK", "LGA", "EWR", "XXX", "JFK", "JFK", "LGA"],
+        "carrier": ["UA"] * 8,
+        "dep_delay": [1.0, np.nan, np.nan, 4.0, 5.0, 6.0, 7.0, 8.0],
+    })
+    spec = {**SPEC, "min_rows": 5, "max_null_fraction": {"dep_delay": 0.2}, "ranges": {"distance": {"min": 90,
+                                                                                                    "max": 6000}}}
+    r = validate_dataset(df, **{**KW, "expectations": spec})
+    assert by_check(r, "row_count", None)["observed"] == {"rows": 8}
+    rng = by_check(r, "range", "distance")["observed"]
+    assert (rng["min"], rng["max"]) == (80.0, 7000.0)  # the data's, not the spec's 90 and 6000
+    assert rng["unexpected_count"] == 2 and sorted(rng["unexpected_examples"]) == [80.0, 7000.0]
+    nf = by_check(r, "null_fraction", "dep_delay")
+    assert nf["success"] is False and nf["observed"]["null_fraction"] == 0.25 and nf["observed"]["unexpected_count"] == 2
+    assert "max_null_fraction" not in nf["observed"]
+    assert by_check(r, "not_null", "origin")["observed"]["null_fraction"] == 0.0
+    allowed = by_check(r, "allowed_values", "origin")["observed"]
+    assert allowed["unexpected_count"] == 1 and allowed["unexpected_examples"] == ["XXX"]
+    label = by_check(r, "label_domain", "delayed")["observed"]
+    assert label["unexpected_count"] == 1 and label["unexpected_examples"] == [2]
+    assert by_check(r, "dtype", "distance")["observed"] == {"dtype": "float64"}
+    fresh = by_check(r, "freshness", "time_hour")["observed"]
+    newest = pd.Timestamp("2013-01-03", tz="UTC")
+    assert fresh == {"newest": newest.isoformat(), "age_days": (AS_OF - newest) / pd.Timedelta(days=1)}
+    page = render_html(r)  # the report's 'observed' column shows the data's extent, the message the spec's bounds
+    (row,) = [tr for tr in page.split("<tr") if "outside [90, 6000]" in tr]
+    observed_cell = row.split("<code>")[1]
+    assert "&quot;max&quot;: 7000.0" in observed_cell and "&quot;min&quot;: 80.0" in observed_cell
+    assert "6000" not in observed_cell
