@@ -151,24 +151,26 @@ def test_the_report_leads_with_the_decision_and_has_every_plot_inline(evaluated)
     parser = _Tables()
     parser.feed(html)
     assert parser.widths and max(parser.widths) <= MAX_COLUMNS, parser.widths
-    # no error-analysis section without error-analysis data
-    assert "Error analysis" not in html
+    # a paired evaluation has an error analysis (eval_pipeline.error_analysis), linked from the report
+    assert "<h2 id=errors>Error analysis</h2>" in html and '<a href="regressed_rows.parquet">' in html
 
 
 def test_the_report_is_byte_identical_when_rendered_again_in_another_process(evaluated, tmp_path):
     ev = evaluated
     quality, drift = _quality_and_drift(ev)
     curves = report_curves(ev["lake"], ev["spec"], ev["snap"], _roles(ev))
+    ea = ev["lake"].read_json(f"{ev['result']['paths']['folder']}/error_analysis.json")
     again = render_report(ev["result"], quality, drift, curves, drift_html_uri=f"drift/toy/{ev['snap'].snapshot_id}"
-                          f"/drift.html", quality_uri=f"quality/toy/{ev['snap'].snapshot_id}/report.html")
+                          f"/drift.html", quality_uri=f"quality/toy/{ev['snap'].snapshot_id}/report.html",
+                          error_analysis=ea)
     assert again == ev["html"]
     args = tmp_path / "args.json"
     args.write_text(json.dumps({"result": ev["result"], "quality": quality, "drift": drift, "curves": curves,
-                                "snap": ev["snap"].snapshot_id}))
+                                "snap": ev["snap"].snapshot_id, "ea": ea}))
     script = ("import json,sys\nfrom eval_pipeline.report_html import render_report\n"
               "a=json.load(open(sys.argv[1]))\ns=a['snap']\n"
               "sys.stdout.write(render_report(a['result'],a['quality'],a['drift'],a['curves'],"
-              "drift_html_uri=f'drift/toy/{s}/drift.html',quality_uri=f'quality/toy/{s}/report.html'))")
+              "drift_html_uri=f'drift/toy/{s}/drift.html',quality_uri=f'quality/toy/{s}/report.html',error_analysis=a['ea']))")
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", script, str(args)], capture_output=True, env=env, check=True,
                          timeout=120)
