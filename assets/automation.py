@@ -70,6 +70,7 @@ from resources import LakeResource
 
 from .common import (TAG_BASELINE, TAG_EVIDENCE, TAG_FILES, TAG_MODEL, TAG_NIGHT, TAG_ROLE, TAG_SNAPSHOT, TAG_TASK,
                      TAG_TRIGGER, TAG_VERSION, evaluation_run_config, evaluations_partitions, key, versions_partitions)
+from .history import numeric_metadata
 
 # What makes an evaluation request skippable rather than an error: the lake or the registry is not ready for it.
 RESOLVE_ERRORS = (pipeline.EvaluationError, RegistryError, DataError, LakeError, FileNotFoundError)
@@ -452,11 +453,13 @@ def _nightly_observation(context, ctx: pipeline.TaskContext, champion: str, snap
     """Snapshot unchanged overnight: the champion's monitoring outcome on the current data, recorded without a
     re-run (the result is deterministic)."""
     night = nightly_run.tags.get(TAG_NIGHT, nightly_run.run_id[:8])
-    verdict, partition = "not evaluated yet", None
+    verdict, partition, numbers = "not evaluated yet", None, {}
     try:
         inputs = pipeline.resolve_inputs(ctx, champion, snapshot_id)
         partition = inputs.partition_key
-        verdict = pipeline.load_result(ctx, inputs).get("verdict", verdict)
+        result = pipeline.load_result(ctx, inputs)
+        verdict = result.get("verdict", verdict)
+        numbers = numeric_metadata(result.get("metrics") or {})  # the night's numbers, for the Plots tab
     except (*RESOLVE_ERRORS, AttributeError):
         pass
     exists = partition in set(context.instance.get_dynamic_partitions(evaluations_partitions(ctx.spec).name))
@@ -465,7 +468,7 @@ def _nightly_observation(context, ctx: pipeline.TaskContext, champion: str, snap
     return dg.AssetObservation(
         asset_key=key(ctx.spec, "release_gates"), partition=partition if exists else None,
         metadata={"nightly": night, "verdict": verdict, "snapshot_id": snapshot_id,
-                  "version": champion, "refresh_run": nightly_run.run_id,
+                  "version": champion, "refresh_run": nightly_run.run_id, **numbers,
                   "note": "nightly monitoring: snapshot unchanged, so the champion's (deterministic) result on "
                           "it stands; no re-run"})
 

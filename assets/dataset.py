@@ -95,8 +95,12 @@ def _drift_asset(spec: EvalSpec, snapshot: dg.AssetsDefinition) -> dg.AssetsDefi
         return dg.MaterializeResult(metadata={
             "snapshot_id": snap.snapshot_id,
             "dataset_drift": bool(summary["dataset_drift"]),
-            "drifted_columns": summary["n_drifted"],
-            "share_drifted": float(summary["share_drifted"]),
+            # numeric, stable keys: the Plots tab draws them across nights
+            "drifted_columns": dg.MetadataValue.int(int(summary["n_drifted"])),
+            "columns_checked": dg.MetadataValue.int(len(summary["columns"])),
+            "share_drifted": dg.MetadataValue.float(float(summary["share_drifted"])),
+            **{f"rows/{w}": dg.MetadataValue.int(int(summary[f"{w}_rows_total"])) for w in ("reference", "current")
+               if summary.get(f"{w}_rows_total") is not None},
             "columns": dg.MetadataValue.md(result.to_markdown()),
             "html": dg.MetadataValue.path(ctx.lake.uri(pipeline.drift_paths(ctx, snap)[1])),
         })

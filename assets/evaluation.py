@@ -1,5 +1,9 @@
 """Evaluation assets of one task, one partition per evaluated (version, snapshot): scoring → metrics → report →
-gates (the result JSON, which completes the evidence set) → promotion.
+gates (the result JSON, which completes the evidence set) → promotion, and the model's history (trends).
+
+A FAIL verdict is not a crash: the run succeeds, the non-blocking ``gates_pass`` check fails with severity ERROR and
+names the deciding gate rows, and ``champion_promotion`` declines to materialize, saying why. A run marked Failure
+means something broke (bad input, a model that cannot be loaded, a storage fault).
 
 Every asset and check of a run reads the same inputs, carried by the run itself: the candidate version and the
 snapshot from the partition key ``<version>@<snapshot_id>``, the candidate's sha256 and the baseline (version and
@@ -10,6 +14,7 @@ champion yet) only absolute gates apply.
 """
 
 import functools
+import warnings
 
 import dagster as dg
 
@@ -22,6 +27,7 @@ from eval_pipeline.spec import EvalSpec
 from resources import LakeResource, SettingsResource
 
 from .common import RunInputsResource, evaluations_partitions, key, task_context
+from .history import history_asset, numeric_metadata
 from .common import run_inputs as inputs_of_run
 
 INPUT_ERRORS = (ScoringError, RegistryError, DataError, pipeline.EvaluationError)
@@ -40,9 +46,11 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
         "evaluation", ["predictions"], {"python"}, _metrics, _evaluation_metadata,
         description="Metrics overall and per slice with Poisson-bootstrap intervals, and paired candidate-minus-"
                     "baseline deltas on the same resamples (skipped when the evidence set of these inputs is already "
-                    "complete).")
+                    "complete). The overall values are numeric metadata (candidate/<metric>, baseline/<metric>, "
+                    "delta/<metric>, each with /ci_low and /ci_high at evaluation.confidence, unadjusted), so the "
+                    "Plots tab draws them across evaluations.")
     # The report comes before the gates' result JSON: the result is written last and completes the evidence set,
-    # and a FAIL is still explained (the blocking gates check stops promotion, not the report).
+    # and a FAIL is still explained (a FAIL stops promotion, not the report).
     decision_report = step(
         "decision_report", ["evaluation", "drift_report"], {"html"}, _report, _report_metadata,
         description="The decision report: verdict, deciding gates, overall and slice tables, data quality, drift, "
@@ -53,7 +61,7 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
         description="Gates decided on the interval of the delta (non-inferiority) or of the value (absolute), with "
                     "multiplicity control. Writes the result JSON, last: it completes the evidence set.")
     return [predictions, evaluation, release_gates, _gates_check(spec, release_gates), decision_report,
-            _promotion_asset(spec, parts)]
+            _promotion_asset(spec, parts), history_asset(spec)]
 
 
 def _step_asset(spec: EvalSpec, parts: dg.PartitionsDefinition, name: str, deps: list[str], kinds: set[str],
@@ -140,7 +148,8 @@ def _evaluation_metadata(context, ctx, inputs, out: tuple[bool, dict]) -> dict:
         context.log.warning(warning)
     return {"reused": reused,
             "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in metrics.get("warnings", [])) or "none"),
-            "rows": metrics["n_rows"],
+            **numeric_metadata(metrics),
+            "rows": dg.MetadataValue.int(int(metrics["n_rows"])),
             "slices_evaluated": sum(1 for s in slices if s.get("status") == "ok"),
             "slices_too_small": sum(1 for s in slices if s.get("status") != "ok"),
             "overall": dg.MetadataValue.md(_overall_table(metrics))}
@@ -181,53 +190,92 @@ def _gates_metadata(context, ctx, inputs, result: dict) -> dict:
 
 
 def _gates_check(spec: EvalSpec, release_gates: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=release_gates, name="gates_pass", blocking=True,
-                    description="Blocking: a FAIL verdict stops promotion (and anything else downstream of the "
-                                "gates); INCONCLUSIVE warns.")
+    # Partitioned like release_gates: each evaluation records its own partition's verdict (the UI shows the check per
+    # version x snapshot, not a "latest" that flips between versions). Partitioned checks are a Dagster "preview"
+    # feature in 1.13 (dagster is pinned exactly); its warning is silenced here, where we chose it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+        return _gates_check_def(spec, release_gates)
+
+
+def _gates_check_def(spec: EvalSpec, release_gates: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=release_gates, name="gates_pass", blocking=False,
+                    partitions_def=release_gates.partitions_def,
+                    description="The partition's own verdict (version x snapshot x baseline). FAIL: the check fails "
+                                "with severity ERROR and names the deciding gate rows; INCONCLUSIVE: fails with "
+                                "severity WARN. Not blocking: rejecting a candidate is the pipeline doing its job, so "
+                                "the run succeeds and champion_promotion declines to materialize (a run marked "
+                                "Failure means something broke).")
     def gates_pass(context: dg.AssetCheckExecutionContext, lake: LakeResource, settings: SettingsResource,
                    run_inputs: RunInputsResource) -> dg.AssetCheckResult:
         ctx, inputs = _run_context(context, spec, lake, settings, run_inputs)
         result = pipeline.load_result(ctx, inputs)
         verdict = result["verdict"]
-        deciding = [g for g in result["gates"] if g["outcome"] == verdict and verdict != "PASS"]
+        deciding = _deciding(result)
+        counts = result["gate_summary"].get("counts", {})
         return dg.AssetCheckResult(
             passed=verdict == "PASS",
             severity=dg.AssetCheckSeverity.ERROR if verdict == "FAIL" else dg.AssetCheckSeverity.WARN,
-            description=f"{verdict}: " + ("; ".join(f"{g['metric']} on {g['slice']}: {g['rule']}" for g in deciding[:3])
-                                          or "every gate cleared its bound"),
+            description=f"{verdict} for {ctx.model_name}@{inputs.version} on snapshot {inputs.snapshot_id}: "
+                        + ("; ".join(_gate_sentence(g) for g in deciding[:3]) or "every gate cleared its bound")
+                        + (f" (+{len(deciding) - 3} more)" if len(deciding) > 3 else ""),
             metadata={"verdict": verdict, "version": inputs.version, "snapshot_id": inputs.snapshot_id,
-                      "baseline": (result["baseline"] or {}).get("ref", "none"),
-                      "deciding_gates": dg.MetadataValue.md(md_table(["metric", "slice", "outcome", "rule"], [
-                          [g["metric"], g["slice"], g["outcome"], g.get("rule", "")] for g in deciding]) if deciding
-                          else "none")})
+                      "candidate": result["candidate"]["ref"],
+                      "baseline": (result["baseline"] or {}).get("ref", "none"), "mode": result["mode"],
+                      **{f"gates_{k.lower()}": dg.MetadataValue.int(int(v)) for k, v in counts.items()},
+                      "deciding_gates": dg.MetadataValue.md(
+                          md_table(report.GATE_HEADER, report.gate_rows({"gates": deciding})) if deciding else "none"),
+                      "result_json": dg.MetadataValue.path(ctx.lake.uri(result["paths"]["result"]))})
 
     return gates_pass
 
 
+def _deciding(result: dict) -> list[dict]:
+    """The gate rows whose outcome is the verdict (none for a PASS)."""
+    verdict = result["verdict"]
+    return [g for g in result["gates"] if g["outcome"] == verdict and verdict != "PASS"]
+
+
+def _gate_sentence(g: dict) -> str:
+    return f"{g['metric']} on {g['slice']}: {g.get('rule') or g['outcome']}"
+
+
 def _promotion_asset(spec: EvalSpec, parts: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(key=key(spec, "champion_promotion"), group_name=spec.task, partitions_def=parts,
-              deps=[key(spec, "release_gates")], kinds={"python"},
+              deps=[key(spec, "release_gates")], kinds={"python"}, output_required=False,
               description="Opt-in (EVAL_PROMOTE_ON_PASS or monitoring.promote_on_pass): a PASSing candidate becomes "
                           "champion, with an audit record — only if the champion is still the baseline it was "
-                          "evaluated against (compare-and-swap). Never on FAIL or INCONCLUSIVE.")
+                          "evaluated against (compare-and-swap). On FAIL or INCONCLUSIVE it is skipped: not "
+                          "materialized; an observation (promoted=False, why) and the log say why.")
     def champion_promotion(context: dg.AssetExecutionContext, lake: LakeResource, settings: SettingsResource,
-                           run_inputs: RunInputsResource) -> dg.MaterializeResult:
+                           run_inputs: RunInputsResource):
         ctx, inputs = _run_context(context, spec, lake, settings, run_inputs)
         result = pipeline.load_result(ctx, inputs)
         enabled = settings.promote_on_pass or spec.monitoring.promote_on_pass
         if result["mode"] != "release":
-            return dg.MaterializeResult(metadata={"promoted": False, "why": "already champion (monitoring run)"})
-        if not enabled or result["verdict"] != "PASS":
-            why = "promotion is opt-in and disabled" if not enabled else f"verdict is {result['verdict']}"
-            return dg.MaterializeResult(metadata={"promoted": False, "why": why})
+            yield dg.MaterializeResult(metadata={"promoted": False, "why": "already champion (monitoring run)"})
+            return
+        if result["verdict"] != "PASS":
+            # A rejected (or undecided) candidate: nothing to promote, and not a failure of the run.
+            why = (f"verdict is {result['verdict']} against {(result['baseline'] or {}).get('ref', 'no baseline')}: "
+                   + ("; ".join(_gate_sentence(g) for g in _deciding(result)[:3]) or "no gate decided"))
+            context.log.warning(f"promotion skipped for {ctx.model_name}@{inputs.version}: {why}")
+            yield dg.AssetObservation(asset_key=context.asset_key, partition=context.partition_key,
+                                      metadata={"promoted": False, "skipped": True, "verdict": result["verdict"],
+                                                "why": why})
+            return
+        if not enabled:
+            yield dg.MaterializeResult(metadata={"promoted": False, "why": "promotion is opt-in and disabled"})
+            return
         try:
             record = pipeline.promote(ctx, result)
         except pipeline.PromotionRefused as exc:
             # Not a run failure: the evaluation is sound, it is just stale (the re-evaluation sensor follows up).
             context.log.warning(f"not promoted: {exc}")
-            return dg.MaterializeResult(metadata={"promoted": False, "why": str(exc)})
+            yield dg.MaterializeResult(metadata={"promoted": False, "why": str(exc)})
+            return
         context.log.info(f"promoted {ctx.model_name}@{inputs.version} to champion (was {record['previous']})")
-        return dg.MaterializeResult(metadata={"promoted": True, "previous": str(record["previous"]),
-                                              "promoted_at": record["promoted_at"]})
+        yield dg.MaterializeResult(metadata={"promoted": True, "previous": str(record["previous"]),
+                                             "promoted_at": record["promoted_at"]})
 
     return champion_promotion
