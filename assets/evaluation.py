@@ -237,7 +237,10 @@ def _deciding(result: dict) -> list[dict]:
 
 
 def _gate_sentence(g: dict) -> str:
-    return f"{g['metric']} on {g['slice']}: {g.get('rule') or g['outcome']}"
+    """``metric on slice: <the rule's decision>``, without the p-value and power sentences (the deciding_gates table
+    keeps the whole rule)."""
+    rule = (g.get("rule") or g["outcome"]).split(" (p = ")[0].split("; ")[0]
+    return f"{g['metric']} on {g['slice']}: {rule}"
 
 
 def _promotion_asset(spec: EvalSpec, parts: dg.PartitionsDefinition) -> dg.AssetsDefinition:
