@@ -4,7 +4,7 @@ A throwaway PostgreSQL cluster (Debian's ``postgresql`` package: ``initdb`` / ``
 user when the tests run as root) listens on 127.0.0.1 and a free port with password authentication; ``dagster.yaml``
 points runs, events and schedules at it with ``scheme: postgresql+psycopg2`` and the password from an environment
 variable. One in-process evaluation (refresh + blocking data-quality check, then score → gates → report with the
-blocking gates check) runs on that instance; its runs, check evaluations and materializations are read back from
+gates check) runs on that instance; its runs, check evaluations and materializations are read back from
 PostgreSQL, and the password appears in none of them. Skipped, with the reason, when ``initdb`` is not installed
 (``apt-get install -y postgresql``).
 """
