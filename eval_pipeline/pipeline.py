@@ -298,6 +298,19 @@ def score(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dict:
     return out
 
 
+def prediction_drift(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs, roles: dict | None = None) -> dict | None:
+    """The run's models' score distributions, drift reference vs current window of the snapshot (they score the
+    drift windows themselves): ``prediction_drift.json`` in the evidence folder, returned; None (logged, no file)
+    when drift is disabled or a window is empty. See :mod:`eval_pipeline.prediction_drift`."""
+    from .prediction_drift import write_prediction_drift
+
+    if roles is None:
+        candidate, baseline = run_models(ctx, inputs)
+        roles = {"candidate": candidate} | ({"baseline": baseline} if baseline else {})
+    return write_prediction_drift(ctx.lake, ctx.registry, ctx.spec, snap, evaluation_dir(ctx, inputs), roles,
+                                  ctx.trusted_types)
+
+
 # -- evidence: one content-keyed set per (candidate x baseline x snapshot x spec) ------------------------------------
 EVIDENCE_FILES = ("metrics.json", "gates.json", "report.md", "report.html")  # result.json is written last
 
@@ -520,6 +533,7 @@ def write_report(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dict:
 
         write_error_analysis(ctx.lake, ctx.spec, snap, folder, _engine_batches(ctx, snap, roles),
                              baseline_ref=baseline.ref, candidate_ref=candidate.ref)
+    prediction_drift(ctx, snap, inputs, roles)  # prediction_drift.json, before the report that shows it
     return write_report_files(ctx, snap, inputs, result, quality, drift_summary, md, paths, roles)
 
 

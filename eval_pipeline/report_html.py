@@ -262,9 +262,37 @@ def _quality_section(quality: dict | None, quality_rel: str | None) -> str:
     return "".join(parts)
 
 
-def _drift_section(drift: dict | None, drift_html_uri: str | None) -> str:
+def _prediction_drift_part(pdrift: dict | None) -> str:
+    """The short prediction-drift table (``prediction_drift.json`` of the evidence set), or nothing."""
+    if not pdrift:
+        return ""
+    smp = pdrift.get("sample") or {}
+    rows_words = f"{smp.get('reference_rows', 0):,} reference and {smp.get('current_rows', 0):,} current rows"
+    if smp.get("sampled"):
+        rows_words += (f" (a seeded sample of at most {smp.get('max_rows', 0):,} rows per window from "
+                       f"{smp.get('reference_rows_total', 0):,} / {smp.get('current_rows_total', 0):,}, "
+                       f"seed {smp.get('seed')})")
+    parts = ["<h3>Prediction drift</h3>",
+             f"<p>Each model's score distribution, reference vs current drift window, scored by the model on "
+             f"{rows_words}; Evidently's default method per score column"
+             + ("; one row per class probability" if pdrift.get("multiclass") else "")
+             + ". Details: <code>prediction_drift.json</code> in the evidence folder.</p>"]
+    rows = [[m.get("role", ""), m.get("model", ""), m.get("column", ""), m.get("method") or "",
+             _fmt(m.get("score")), _fmt(m.get("threshold")), "yes" if m.get("drifted") else "no"]
+            for m in pdrift.get("models", [])]
+    if rows:
+        parts.append(_table(["role", "model", "score column", "method", "score", "threshold", "drifted"], rows))
+    skipped = pdrift.get("skipped") or []
+    if skipped:
+        parts.append("<p>Not compared:</p><ul>" + "".join(
+            f"<li>{e(str(k.get('role')))} {e(str(k.get('model')))}: {e(str(k.get('reason')))}</li>"
+            for k in skipped) + "</ul>")
+    return "".join(parts)
+
+
+def _drift_section(drift: dict | None, drift_html_uri: str | None, prediction_drift: dict | None = None) -> str:
     if not drift:
-        return "<p>No drift report for this snapshot.</p>"
+        return "<p>No drift report for this snapshot.</p>" + _prediction_drift_part(prediction_drift)
     cols = drift.get("columns", [])
     nd = sum(1 for c in cols if c.get("drifted"))
     ref, cur = drift.get("reference_rows"), drift.get("current_rows")
@@ -279,6 +307,7 @@ def _drift_section(drift: dict | None, drift_html_uri: str | None) -> str:
              "yes" if c.get("drifted") else "no"] for c in cols]
     parts.append("<details><summary>drift table</summary>"
                  + _table(["column", "kind", "method", "score", "threshold", "drifted"], rows) + "</details>")
+    parts.append(_prediction_drift_part(prediction_drift))
     return "".join(parts)
 
 
@@ -376,8 +405,9 @@ CSS = ("body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.
 
 def render_report(result: dict, quality: dict | None, drift: dict | None, curves: dict | None = None, *,
                   drift_html_uri: str | None = None, quality_uri: str | None = None,
-                  error_analysis: dict | None = None) -> str:
-    """The whole page (str). ``curves`` from :func:`eval_pipeline.curves.report_curves` (None: no curve plots)."""
+                  error_analysis: dict | None = None, prediction_drift: dict | None = None) -> str:
+    """The whole page (str). ``curves`` from :func:`eval_pipeline.curves.report_curves` (None: no curve plots);
+    ``prediction_drift``: the evidence set's ``prediction_drift.json`` (a table in the drift section)."""
     from .engine.catalogue import METRICS
 
     v = result["verdict"]
@@ -454,7 +484,7 @@ def render_report(result: dict, quality: dict | None, drift: dict | None, curves
     if warnings:
         s += ["<h3>Warnings</h3>", "<ul>" + "".join(f"<li>{e(w)}</li>" for w in warnings) + "</ul>"]
     s += ["<h2 id=quality>Data quality</h2>", _quality_section(quality, quality_uri),
-          "<h2 id=drift>Drift</h2>", _drift_section(drift, drift_html_uri),
+          "<h2 id=drift>Drift</h2>", _drift_section(drift, drift_html_uri, prediction_drift),
           _error_section(error_analysis),
           "<h2 id=reproducibility>Reproducibility</h2>", _manifest(result),
           "<p>What would change this result:</p><ul>"
@@ -528,10 +558,12 @@ def write_report_files(ctx, snap, inputs, result: dict, quality: dict, drift: di
     folder = paths["folder"]
     ea_rel = f"{folder}/error_analysis.json"  # written by an error-analysis step when there is one
     error_analysis = ctx.lake.read_json(ea_rel) if ctx.lake.exists(ea_rel) else None
+    pd_rel = f"{folder}/prediction_drift.json"  # written by pipeline.prediction_drift when drift is enabled
+    prediction_drift = ctx.lake.read_json(pd_rel) if ctx.lake.exists(pd_rel) else None
     html_text = render_report(result, quality, drift, curves,
                               drift_html_uri=f"drift/{ctx.task}/{snap.snapshot_id}/drift.html",
                               quality_uri=f"quality/{ctx.task}/{snap.snapshot_id}/report.html",
-                              error_analysis=error_analysis)
+                              error_analysis=error_analysis, prediction_drift=prediction_drift)
     md = render_report_markdown(base_markdown, result, quality, drift, curves)
     ctx.lake.write_text(paths["report_md"], md)
     ctx.lake.write_text(paths["report_html"], html_text)

@@ -160,17 +160,19 @@ def test_the_report_is_byte_identical_when_rendered_again_in_another_process(eva
     quality, drift = _quality_and_drift(ev)
     curves = report_curves(ev["lake"], ev["spec"], ev["snap"], _roles(ev))
     ea = ev["lake"].read_json(f"{ev['result']['paths']['folder']}/error_analysis.json")
+    pdrift = ev["lake"].read_json(f"{ev['result']['paths']['folder']}/prediction_drift.json")
     again = render_report(ev["result"], quality, drift, curves, drift_html_uri=f"drift/toy/{ev['snap'].snapshot_id}"
                           f"/drift.html", quality_uri=f"quality/toy/{ev['snap'].snapshot_id}/report.html",
-                          error_analysis=ea)
+                          error_analysis=ea, prediction_drift=pdrift)
     assert again == ev["html"]
     args = tmp_path / "args.json"
     args.write_text(json.dumps({"result": ev["result"], "quality": quality, "drift": drift, "curves": curves,
-                                "snap": ev["snap"].snapshot_id, "ea": ea}))
+                                "snap": ev["snap"].snapshot_id, "ea": ea, "pd": pdrift}))
     script = ("import json,sys\nfrom eval_pipeline.report_html import render_report\n"
               "a=json.load(open(sys.argv[1]))\ns=a['snap']\n"
               "sys.stdout.write(render_report(a['result'],a['quality'],a['drift'],a['curves'],"
-              "drift_html_uri=f'drift/toy/{s}/drift.html',quality_uri=f'quality/toy/{s}/report.html',error_analysis=a['ea']))")
+              "drift_html_uri=f'drift/toy/{s}/drift.html',quality_uri=f'quality/toy/{s}/report.html',"
+              "error_analysis=a['ea'],prediction_drift=a['pd']))")
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", script, str(args)], capture_output=True, env=env, check=True,
                          timeout=120)

@@ -1,0 +1,165 @@
+"""Prediction drift (issue 10, item 5): the drift of each of the run's models' score distribution, reference window vs
+current window of the run's snapshot (no Dagster here).
+
+Entry point: :func:`write_prediction_drift` (what ``pipeline.write_report`` runs before it writes the report) ->
+``<evidence folder>/prediction_drift.json``, which :mod:`eval_pipeline.report_html` shows in the drift section.
+
+Notes
+-----
+* Why a step of its own: the snapshot's drift (``pipeline.drift``) runs before any model is scored, and the stored
+  predictions cover only the evaluation window. Here the run's pinned models (candidate, and the baseline when there
+  is one) score the spec's drift windows (``drift.reference``, ``drift.current``) themselves, with the scoring
+  module's own loading and batch prediction (``scoring.load_model``, ``_predict_batch``, ``shape_output``).
+* Rows: each window is read with the id and ``columns.features``; a window with more than ``drift.max_rows`` rows is
+  replaced by a seeded sample of ``drift.max_rows`` rows (seed ``evaluation.seed``, the same positions as
+  ``drift.compute_drift``'s ``max_rows`` sample); the JSON's ``sample`` states the sizes used and the totals.
+* Method: each score column is scored by Evidently's default method for one numeric column, with
+  :mod:`eval_pipeline.drift_methods` via ``drift.py``'s prediction-drift code (the same rows as ``prediction_drift``
+  in ``drift.json`` would have): reference <= 1000 rows: K-S (p-value); more: normed Wasserstein distance; a score
+  column with at most 5 distinct values gets chi-square / Z / Jensen-Shannon, as Evidently would.
+* Score columns: binary ``score`` (P(positive)), regression ``prediction``; multiclass: **one row per class
+  probability column** (``proba_<class>``), each compared on its own (a shift between two classes shows in both
+  classes' columns, which a top-class probability would hide).
+* A ``predictions``-flavor model (scores computed elsewhere, keyed by id) is used only when its file has a score for
+  every sampled row of both windows; otherwise it is skipped with a note (``skipped``), as is a model that cannot
+  score the window's rows (the report still gets written: prediction drift is evidence, not a gate).
+* Skipped with a logged note and no file: drift disabled in the spec, or an empty drift window.
+* Deterministic: same snapshot, models and spec, same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from . import scoring
+from .drift import _jsonable, _sample, _score_extras
+from .snapshot import DataError, read_window
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RESULT_FILE", "compute_prediction_drift", "write_prediction_drift"]
+
+RESULT_FILE = "prediction_drift.json"
+
+
+class _Skip(Exception):
+    """A model whose scores cannot be compared (the message is the note)."""
+
+
+def _window_scores(loaded: scoring.LoadedModel, frame: pd.DataFrame, spec, cols: list[str], side: str) -> np.ndarray:
+    """The model's scores for every row of ``frame`` (1-D, or 2-D with one column per class)."""
+    m = loaded.manifest
+    id_col = spec.columns.id
+    if m.flavor == "predictions":
+        lookup = scoring._prediction_lookup(loaded, spec, cols)
+        covered = int((lookup.index.get_indexer(frame[id_col]) >= 0).sum())
+        if covered < len(frame):
+            raise _Skip(f"its predictions file has scores for {covered:,} of the {len(frame):,} rows of the drift "
+                        f"{side} window (a predictions-flavor model is compared only when its file covers every row)")
+        return scoring._lookup_scores(lookup, frame[id_col], m.ref, id_col)
+    features = list(spec.columns.features)
+    if not features:
+        raise _Skip(f"{m.flavor} model needs columns.features, and the spec lists none")
+    step = spec.model.batch_size
+    parts = [scoring._predict_batch(loaded, frame.iloc[i:i + step][features], spec)
+             for i in range(0, len(frame), step)]
+    return np.concatenate(parts, axis=0)
+
+
+def compute_prediction_drift(reference: pd.DataFrame, current: pd.DataFrame, models: dict, spec, *,
+                             trusted_types: list[str] | None = None, registry=None, n_jobs: int | None = None) -> dict:
+    """Score both (already sampled) windows with each model and compare its score columns.
+
+    ``models``: role -> ``ModelManifest`` (loaded through ``registry``) or an already loaded
+    ``scoring.LoadedModel``. Returns ``{"models": [...], "skipped": [...]}``: ``models`` items are drift.py's
+    prediction-drift rows (``method``, ``method_id``, ``score``, ``score_type``, ``threshold``, ``drifted``, row
+    counts) with ``role``, ``model`` (ref), ``flavor`` and ``column`` (the score column).
+    """
+    cols = scoring.score_columns(spec)
+    ref_scores: dict[str, np.ndarray] = {}
+    cur_scores: dict[str, np.ndarray] = {}
+    which: dict[str, tuple[str, object, str]] = {}  # frame column -> (role, manifest, score column)
+    skipped = []
+    for role, model in models.items():
+        manifest = getattr(model, "manifest", model)
+        try:
+            loaded = model if isinstance(model, scoring.LoadedModel) else scoring.load_model(
+                registry, manifest, scoring.trusted_types_for(spec, trusted_types))
+            r = _window_scores(loaded, reference, spec, cols, "reference")
+            c = _window_scores(loaded, current, spec, cols, "current")
+        except (_Skip, scoring.ScoringError) as exc:
+            log.warning("prediction drift: %s %s skipped: %s", role, manifest.ref, exc)
+            skipped.append({"role": role, "model": manifest.ref, "flavor": manifest.flavor, "reason": str(exc)})
+            continue
+        r, c = r.reshape(len(reference), -1), c.reshape(len(current), -1)
+        for j, col in enumerate(cols):
+            key = f"{role}:{col}"
+            ref_scores[key], cur_scores[key] = r[:, j], c[:, j]
+            which[key] = (role, manifest, col)
+    rows = []
+    if which:
+        _, _, scored, _ = _score_extras(pd.DataFrame(ref_scores), pd.DataFrame(cur_scores), {k: k for k in which},
+                                        None, None, n_jobs)
+        for row in scored:
+            role, manifest, col = which[row["model"]]
+            rows.append({"role": role, "model": manifest.ref, "flavor": manifest.flavor,
+                         **{k: v for k, v in row.items() if k not in ("model", "column")}, "column": col})
+    return {"models": rows, "skipped": skipped}
+
+
+def write_prediction_drift(lake, registry, spec, snap, folder: str, roles: dict,
+                           trusted_types: list[str] | None = None) -> dict | None:
+    """Prediction drift of the run's models (``roles``: role -> pinned ``ModelManifest``) on the snapshot's drift
+    windows; writes and returns ``<folder>/prediction_drift.json``, or None (logged, no file) when drift is disabled
+    in the spec or a drift window is empty."""
+    import evidently
+
+    rel = f"{folder}/{RESULT_FILE}"
+    where = f"task '{spec.task}', snapshot {snap.snapshot_id}"
+    if not spec.drift.enabled:
+        log.info("prediction drift skipped (%s): drift is disabled in the spec", where)
+        lake.delete(rel)
+        return None
+    read = list(dict.fromkeys([spec.columns.id] + list(spec.columns.features)))
+    try:
+        reference = read_window(lake, snap, spec, read, spec.drift.reference)
+        current = read_window(lake, snap, spec, read, spec.drift.current)
+    except DataError as exc:
+        log.warning("prediction drift skipped (%s): %s", where, exc)
+        lake.delete(rel)
+        return None
+    if reference.empty or current.empty:
+        log.info("prediction drift skipped (%s): the drift %s window has no rows", where,
+                 "reference" if reference.empty else "current")
+        lake.delete(rel)
+        return None
+    seed, max_rows = spec.evaluation.seed, spec.drift.max_rows
+    ref_s, cur_s = _sample(reference, max_rows, seed), _sample(current, max_rows, seed)
+    out = compute_prediction_drift(ref_s, cur_s, roles, spec, trusted_types=trusted_types, registry=registry)
+    result = _jsonable({
+        "schema_version": 1,
+        "task": spec.task,
+        "task_type": spec.task_type,
+        "snapshot_id": snap.snapshot_id,
+        "windows": {"reference": spec.drift.reference.model_dump(mode="json"),
+                    "current": spec.drift.current.model_dump(mode="json")},
+        "sample": {"max_rows": max_rows, "seed": seed, "reference_rows": len(ref_s), "current_rows": len(cur_s),
+                   "reference_rows_total": len(reference), "current_rows_total": len(current),
+                   "sampled": len(ref_s) < len(reference) or len(cur_s) < len(current)},
+        "score_columns": scoring.score_columns(spec),
+        "multiclass": "one row per class probability column" if spec.task_type == "multiclass_classification"
+        else None,
+        "models": out["models"],
+        "skipped": out["skipped"],
+        "engine": {"evidently": evidently.__version__,
+                   "methods": "Evidently's default method per score column (evidently.legacy.calculations."
+                              "stattests), as drift.json's prediction drift"},
+    })
+    lake.write_json(rel, result)
+    drifted = [f"{m['role']} {m['column']}" for m in result["models"] if m["drifted"]]
+    log.info("prediction drift (%s): %d score column(s) compared, drifted: %s", where, len(result["models"]),
+             ", ".join(drifted) or "none")
+    return result
