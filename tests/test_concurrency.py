@@ -145,7 +145,7 @@ def _assert_own_inputs(env, inputs, snap_label, run_id=None):
 def _no_shared_pointer(lake):
     names = {Path(f["rel"]).name for f in lake.find("evaluations")}
     assert names <= {"metrics.json", "gates.json", "report.md", "report.html", "spec.yaml", "result.json",
-                     "error_analysis.json", "regressed_rows.parquet"}, names
+                     "error_analysis.json", "regressed_rows.parquet", "prediction_drift.json"}, names
 
 
 def test_one_version_on_two_snapshots_and_two_versions_at_once(env):

@@ -32,7 +32,8 @@ from .toy import TOY_SPEC, fit_model, land, toy_frame
 
 TASK, MODEL = "toy", "toy_model"
 EVIDENCE = {"metrics.json", "gates.json", "report.md", "report.html", "spec.yaml", "result.json",
-            "error_analysis.json", "regressed_rows.parquet"}  # the last two: paired evaluations only
+            "error_analysis.json", "regressed_rows.parquet",  # these two: paired evaluations only
+            "prediction_drift.json"}  # when the spec's drift is enabled
 
 
 def _write_spec(path, **evaluation):
