@@ -16,10 +16,6 @@ import pandas as pd
 import pytest
 import skops.io as sio
 import yaml
-from sklearn.compose import ColumnTransformer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, PolynomialFeatures, StandardScaler
 from statsmodels.stats.proportion import proportion_confint
 
 from eval_pipeline.cli import run_evaluation
@@ -31,7 +27,7 @@ from eval_pipeline.scoring import predictions_path
 from eval_pipeline.snapshot import load_snapshot
 from eval_pipeline.spec import load_spec
 
-from .toy import TOY_SPEC, fit_model, land, toy_frame
+from .toy import TOY_SPEC, fit_interaction_model, fit_model, land, toy_frame
 
 MODEL = "toy_model"
 
@@ -129,14 +125,6 @@ def test_planted_flips_multiclass():
 
 
 # -- end to end, through Dagster -------------------------------------------------------------------------------------
-def _interaction_model(frame):
-    """Logistic regression with a x b interactions: it learns the flipped labels as a reversed slope inside b=z."""
-    pre = ColumnTransformer([("num", StandardScaler(), ["a"]), ("cat", OneHotEncoder(handle_unknown="ignore"), ["b"])],
-                            sparse_threshold=0)
-    return make_pipeline(pre, PolynomialFeatures(2, interaction_only=True, include_bias=False),
-                         LogisticRegression()).fit(frame[["a", "b"]], frame["y"])
-
-
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     """Champion v1; candidate v2 trained on labels flipped for b == 'z' (it regresses there), run by the CLI's
@@ -151,7 +139,7 @@ def evaluated(tmp_path_factory):
     reg.set_champion(MODEL, "1", reason="test setup")
     bad = frame.iloc[:1500].copy()
     bad.loc[bad["b"] == "z", "y"] = 1 - bad.loc[bad["b"] == "z", "y"]
-    reg.register(MODEL, "2", sio.dumps(_interaction_model(bad)), flavor="sklearn-skops",
+    reg.register(MODEL, "2", sio.dumps(fit_interaction_model(bad)), flavor="sklearn-skops",
                  artifact_name="model.skops")
     spec = {**TOY_SPEC, "slices": {"columns": ["b"], "bins": {"a": [-1.0, 0.0, 1.0]}, "min_size": 50},
             "model": {"name": MODEL, "threshold": 0.45}, "evaluation": {"bootstrap_replicates": 50}}

@@ -24,7 +24,7 @@ from eval_pipeline.prediction_drift import RESULT_FILE
 from eval_pipeline.registry import Registry
 from eval_pipeline.report_html import _prediction_drift_part
 
-from .toy import fit_model, land, toy_frame, toy_spec
+from .toy import fit_model, land, run_steps, toy_frame, toy_spec
 
 MODEL = "toy_model"
 DRIFT = {"reference": {"end": "2024-02-01"}, "current": {"last_days": 10}}
@@ -58,14 +58,7 @@ def run(tmp_path_factory):
         reg.register(MODEL, v, sio.dumps(m), flavor="sklearn-skops", artifact_name="model.skops")
     reg.set_champion(MODEL, "1", reason="test setup")
     spec = toy_spec(drift=DRIFT, model={"name": MODEL})
-    ctx = pipeline.TaskContext(lake, spec)
-    snap = pipeline.refresh(ctx)
-    assert pipeline.validate(ctx, snap).success
-    pipeline.drift(ctx, snap)
-    inputs = pipeline.resolve_inputs(ctx, "2", snap.snapshot_id)
-    pipeline.score(ctx, snap, inputs)
-    pipeline.compute_metrics(ctx, snap, inputs)
-    pipeline.write_report(ctx, snap, inputs)
+    ctx, snap, inputs, _, _ = run_steps(lake, spec, "2")
     folder = pipeline.evaluation_dir(ctx, inputs)
     return {"lake": lake, "reg": reg, "frame": frame, "models": models, "ctx": ctx, "snap": snap,
             "inputs": inputs, "folder": folder, "pd": lake.read_json(f"{folder}/{RESULT_FILE}"),

@@ -23,11 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skops.io as sio
-from sklearn.compose import ColumnTransformer
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_curve
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, PolynomialFeatures, StandardScaler
 
 from eval_pipeline import pipeline, plots
 from eval_pipeline.curves import curves_from_batches, report_curves, scored_batches
@@ -36,20 +32,11 @@ from eval_pipeline.registry import Registry
 from eval_pipeline.report_html import MAX_COLUMNS, render_report, report_link
 
 from .s3_util import moto_endpoint, s3_env, s3_lake  # noqa: F401
-from .toy import fit_model, land, toy_frame, toy_spec
+from .toy import fit_interaction_model, fit_model, land, run_steps, toy_frame, toy_spec
 
 MODEL = "toy_model"
 N_ROWS = 200_000
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _interaction_model(frame):
-    """A logistic regression with a x b interactions: it can learn a per-slice slope, so the bug reverses the
-    ranking inside b=z (an additive model could not: its ranking inside a slice is by `a` whatever the labels)."""
-    pre = ColumnTransformer([("num", StandardScaler(), ["a"]), ("cat", OneHotEncoder(handle_unknown="ignore"), ["b"])],
-                            sparse_threshold=0)
-    return make_pipeline(pre, PolynomialFeatures(2, interaction_only=True, include_bias=False),
-                         LogisticRegression()).fit(frame[["a", "b"]], frame["y"])
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +53,7 @@ def evaluated(tmp_path_factory):
     reg.set_champion(MODEL, "1", reason="test setup")
     bad = frame.iloc[:20000].copy()
     bad.loc[bad["b"] == "z", "y"] = 1 - bad.loc[bad["b"] == "z", "y"]
-    reg.register(MODEL, "2", sio.dumps(_interaction_model(bad)), flavor="sklearn-skops", artifact_name="model.skops")
+    reg.register(MODEL, "2", sio.dumps(fit_interaction_model(bad)), flavor="sklearn-skops", artifact_name="model.skops")
     spec = toy_spec(
         metrics=["roc_auc", "average_precision", "accuracy", "recall", "specificity", "brier", "ece"],
         model={"name": MODEL, "threshold": 0.4},
@@ -74,14 +61,7 @@ def evaluated(tmp_path_factory):
                {"name": "auc_per_b", "metric": "roc_auc", "kind": "non_inferiority", "margin": 0.02, "slices": "b"},
                {"name": "calibration", "metric": "ece", "kind": "absolute", "max": 0.2}],
         evaluation={"bootstrap_replicates": 200})
-    ctx = pipeline.TaskContext(lake, spec)
-    snap = pipeline.refresh(ctx)
-    assert pipeline.validate(ctx, snap).success
-    pipeline.drift(ctx, snap)
-    inputs = pipeline.resolve_inputs(ctx, "2", snap.snapshot_id)
-    pipeline.score(ctx, snap, inputs)
-    metrics = pipeline.compute_metrics(ctx, snap, inputs)
-    out = pipeline.write_report(ctx, snap, inputs)
+    ctx, snap, inputs, metrics, out = run_steps(lake, spec, "2")
     result = pipeline.decide(ctx, snap, inputs)
     html = lake.read_text(result["paths"]["report_html"])
     return {"root": root, "lake": lake, "spec": spec, "ctx": ctx, "snap": snap, "inputs": inputs,

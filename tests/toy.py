@@ -8,7 +8,7 @@ import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, PolynomialFeatures, StandardScaler
 
 from eval_pipeline.spec import parse_spec
 
@@ -49,6 +49,31 @@ def land(lake, frame, parts=2, source="incoming/toy"):
 def fit_model(frame, c=1.0):
     pre = ColumnTransformer([("num", StandardScaler(), ["a"]), ("cat", OneHotEncoder(handle_unknown="ignore"), ["b"])])
     return make_pipeline(pre, LogisticRegression(C=c)).fit(frame[["a", "b"]], frame["y"])
+
+
+def fit_interaction_model(frame):
+    """A logistic regression with a x b interactions: it can learn a per-slice slope, so flipped labels inside one
+    value of b reverse the ranking there (an additive model could not: inside a slice it ranks by `a` whatever the
+    labels)."""
+    pre = ColumnTransformer([("num", StandardScaler(), ["a"]), ("cat", OneHotEncoder(handle_unknown="ignore"), ["b"])],
+                            sparse_threshold=0)
+    return make_pipeline(pre, PolynomialFeatures(2, interaction_only=True, include_bias=False),
+                         LogisticRegression()).fit(frame[["a", "b"]], frame["y"])
+
+
+def run_steps(lake, spec, version: str):
+    """Every step of one evaluation in-process (no Dagster): refresh, validate, drift, score, metrics, report.
+    Returns (ctx, snap, inputs, metrics, report output)."""
+    from eval_pipeline import pipeline
+
+    ctx = pipeline.TaskContext(lake, spec)
+    snap = pipeline.refresh(ctx)
+    assert pipeline.validate(ctx, snap).success
+    pipeline.drift(ctx, snap)
+    inputs = pipeline.resolve_inputs(ctx, version, snap.snapshot_id)
+    pipeline.score(ctx, snap, inputs)
+    metrics = pipeline.compute_metrics(ctx, snap, inputs)
+    return ctx, snap, inputs, metrics, pipeline.write_report(ctx, snap, inputs)
 
 
 def joblib_bytes(model) -> bytes:
