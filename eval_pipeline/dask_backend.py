@@ -1,0 +1,74 @@
+"""The Dask backend of sharded evaluation (:mod:`eval_pipeline.engine.shards`): one task per shard on a Dask cluster.
+
+``EVAL_DASK_ADDRESS`` names the scheduler (``tcp://scheduler:8786``); ``local`` starts a ``distributed.LocalCluster``
+of ``EVAL_DASK_WORKERS`` worker processes (default 2, one thread each, on 127.0.0.1, no dashboard) for the duration
+of one evaluation: for tests, benchmarks and a single big machine. Workers need this package (same version: a worker
+keeps the code it imported until it is restarted), read the lake themselves (same ``EVAL_S3_*`` / AWS credentials as
+the client) and send back one accumulator per shard; the merge and the bootstrap run in the client (the process
+running the ``evaluation`` step). Dask is imported only when this backend is used (the ``dask`` extra).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+
+LOCAL = "local"
+
+
+class DaskBackend:
+    """``map(fn, items)`` as one Dask task per item, results yielded in item order (see ``engine.shards``).
+
+    Give a ``client`` (a ``distributed.Client``), or an ``address`` (a scheduler's, or ``"local"`` for a throwaway
+    ``LocalCluster`` of ``n_workers`` processes); use it as a context manager to close what it started."""
+
+    remote = True
+
+    def __init__(self, address: str | None = None, *, client=None, n_workers: int = 2):
+        self.address, self.n_workers = address, int(n_workers)
+        self._client, self._owned = client, []
+
+    @property
+    def client(self):
+        if self._client is None:
+            from distributed import Client, LocalCluster
+
+            if self.address in (None, LOCAL):
+                cluster = LocalCluster(n_workers=self.n_workers, processes=True, threads_per_worker=1,
+                                       host="127.0.0.1", dashboard_address=None)
+                self._owned.append(cluster)
+                self._client = Client(cluster)
+            else:
+                self._client = Client(self.address)
+            self._owned.insert(0, self._client)
+        return self._client
+
+    def map(self, fn: Callable, items: Iterable) -> Iterator:
+        items = list(items)
+        # pure=False: a shard is read anew each time (its files may be rewritten between runs under the same name)
+        futures = self.client.map(fn, items, pure=False)
+        try:
+            for f in futures:
+                result = f.result()
+                f.release()  # the worker may drop it now: the client holds the only copy it needs
+                yield result
+        finally:
+            self.client.cancel(futures)
+
+    def close(self) -> None:
+        for thing in self._owned:  # the client first, then the cluster it started
+            with contextlib.suppress(Exception):
+                thing.close()
+        self._owned, self._client = [], None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def backend_from_settings(settings) -> DaskBackend | None:
+    """The Dask backend the settings ask for (``EVAL_DASK_ADDRESS``), or None: evaluate in this process."""
+    if not settings.dask_address:
+        return None
+    return DaskBackend(settings.dask_address, n_workers=settings.dask_workers)
