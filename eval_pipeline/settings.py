@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
 EXECUTORS = ("in_process", "multiprocess")
+DASK_ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$|^[^\s:/]+:\d+$")
 DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 PICKLE_WARNING = ("EVAL_ALLOW_PICKLE is on: model artifacts of flavor sklearn-joblib (pickles) will be unpickled. "
@@ -50,7 +51,14 @@ VARIABLES: dict[str, str] = {
     "EVAL_SENSOR_VERIFY_MAX_MB": "largest artifact (MB) a sensor hashes before requesting a run: a number > 0",
     "EVAL_RUN_EXECUTOR": f"executor of sensor-requested runs: one of {', '.join(EXECUTORS)}",
     "EVAL_ENGINE_SPILL_ROWS": "rows per worker before the engine spills sorted scores to disk: an integer >= 1",
-    "EVAL_ENGINE_SPILL_DIR": "folder for the engine's spill files",
+    "EVAL_ENGINE_SPILL_DIR": "folder for the engine's spill files (with a remote Dask cluster: storage the client "
+                             "and every worker share)",
+    "EVAL_ENGINE_SPILL_ABOVE_ROWS": "binary evaluations with more rows than this spill to disk even when "
+                                    "EVAL_ENGINE_SPILL_ROWS is unset (bit-identical results): an integer >= 0, "
+                                    "0 = never",
+    "EVAL_DASK_ADDRESS": "evaluate metrics shard by shard on a Dask cluster: a scheduler address "
+                         "(tcp://host:8786) or 'local' (a LocalCluster on 127.0.0.1 for one evaluation)",
+    "EVAL_DASK_WORKERS": "worker processes of EVAL_DASK_ADDRESS=local: an integer >= 1",
     "EVAL_ALERT_WEBHOOKS": "default alert webhooks: comma-separated http(s) URLs, each optionally prefixed "
                            "'slack:' or 'json:' (a secret: never logged)",
     "EVAL_ALERT_TIMEOUT_SECONDS": "timeout of one alert request in seconds: a number > 0",
@@ -79,6 +87,9 @@ class Settings:
     run_executor: str = "in_process"
     engine_spill_rows: int | None = None
     engine_spill_dir: str | None = None
+    engine_spill_above_rows: int = 10_000_000
+    dask_address: str | None = None
+    dask_workers: int = 2
     # (format, url) pairs from EVAL_ALERT_WEBHOOKS: the URLs carry tokens, so they are kept out of repr().
     alert_webhooks: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     alert_timeout_seconds: float = 5.0
@@ -187,6 +198,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, warn: bool = True) ->
     if endpoint is not None and not re.match(r"^https?://[^\s/]+", endpoint):
         raise _fail("EVAL_S3_ENDPOINT_URL", endpoint, "an http:// or https:// URL")
     specs = g("EVAL_SPECS")
+    dask_address = g("EVAL_DASK_ADDRESS")
+    if dask_address is not None and dask_address != "local" and not DASK_ADDRESS.match(dask_address):
+        raise _fail("EVAL_DASK_ADDRESS", dask_address, "a scheduler address such as tcp://host:8786, or 'local'")
     unknown = tuple(sorted(n for n in env if n.startswith("EVAL_") and n not in VARIABLES
                            and not n.startswith(TEST_ONLY_PREFIXES)))
     settings = Settings(
@@ -204,6 +218,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, warn: bool = True) ->
         run_executor=executor or "in_process",
         engine_spill_rows=_int("EVAL_ENGINE_SPILL_ROWS", g("EVAL_ENGINE_SPILL_ROWS"), None),
         engine_spill_dir=g("EVAL_ENGINE_SPILL_DIR"),
+        engine_spill_above_rows=_int("EVAL_ENGINE_SPILL_ABOVE_ROWS", g("EVAL_ENGINE_SPILL_ABOVE_ROWS"), 10_000_000,
+                                     minimum=0),
+        dask_address=dask_address,
+        dask_workers=_int("EVAL_DASK_WORKERS", g("EVAL_DASK_WORKERS"), 2),
         alert_webhooks=parse_alert_webhooks("EVAL_ALERT_WEBHOOKS", g("EVAL_ALERT_WEBHOOKS")),
         alert_timeout_seconds=_positive("EVAL_ALERT_TIMEOUT_SECONDS", g("EVAL_ALERT_TIMEOUT_SECONDS"), 5.0),
         alert_max_seconds=_positive("EVAL_ALERT_MAX_SECONDS", g("EVAL_ALERT_MAX_SECONDS"), 20.0),
