@@ -18,9 +18,10 @@ Design notes
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -30,16 +31,7 @@ from .quality_expectations import DTYPE_FAMILIES, EXPECTATION_BUILDERS, Check, C
 from .quality_result import QualityResult, render_html
 from .spec import EvalSpec, ExpectationsSpec, RangeSpec
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-
-import great_expectations as gx  # noqa: E402
-from great_expectations.data_context.types.base import (  # noqa: E402
-    DataContextConfig,
-    InMemoryStoreBackendDefaults,
-    ProgressBarsConfig,
-)
-
-__all__ = ["QualityResult", "validate_dataset", "render_html", "DTYPE_FAMILIES"]
+__all__ = ["QualityResult", "validate_dataset", "validate_batches", "render_html", "DTYPE_FAMILIES"]
 
 
 def validate_dataset(
@@ -119,24 +111,44 @@ def validate_dataset(
     """
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"{source}: expected a pandas DataFrame, got {type(frame).__name__}")
-    roles_given = (expectations, id_column, label_column, timestamp_column, feature_columns, task_type, label_values)
-    if spec is not None:
-        if any(v is not None for v in roles_given):
-            raise TypeError(f"{source}: give either a spec or the expectations and column roles, not both")
-        section, roles = spec.expectations, ColumnRoles.from_spec(spec)
-    else:
-        if id_column is None or label_column is None or task_type is None:
-            raise TypeError(f"{source}: give a spec, or id_column, label_column and task_type")
-        section = _expectations_section(expectations)
-        roles = ColumnRoles.create(id=id_column, label=label_column, timestamp=timestamp_column,
-                                   features=feature_columns, task_type=task_type, source=source,
-                                   label_values=label_values if label_values is not None else section.label_values)
+    section, roles = section_and_roles(spec, source, expectations=expectations, id_column=id_column,
+                                       label_column=label_column, timestamp_column=timestamp_column,
+                                       feature_columns=feature_columns, task_type=task_type, label_values=label_values)
     inputs = QualityInputs.create(frame, section, roles, as_of, source)
-    checks = [check for build in EXPECTATION_BUILDERS.values() for check in build(inputs)]
-    gx_run = _run_suite(frame, checks, source)
+    checks = build_checks(inputs)
+    gx_run = SuiteRunner(source).run(frame, checks)
     by_id = {(er.expectation_config.meta or {}).get("check_id"): er for er in gx_run.results}
-    results = [_result_entry(c, by_id.get(_check_id(i, c)), source) for i, c in enumerate(checks)]
-    return _quality_result(source, inputs, results, gx_run)
+    results = [result_entry(c, *gx_outcome(c, by_id.get(check_id(i, c))), source) for i, c in enumerate(checks)]
+    return quality_result(source, inputs, results, to_jsonsafe(gx_run.to_json_dict()))
+
+
+def validate_batches(batches: Iterable[pd.DataFrame], spec: EvalSpec | None = None, **kwargs: Any) -> QualityResult:
+    """:func:`validate_dataset` over a stream of frames in bounded memory, merged exactly into the result of the
+    whole dataset: see :mod:`eval_pipeline.quality_merge` (its keywords: ``empty``, ``partitions``, ...)."""
+    from .quality_merge import validate_batches as run
+
+    return run(batches, spec, **kwargs)
+
+
+def section_and_roles(spec: EvalSpec | None, source: str, **roles_given: Any) -> tuple[ExpectationsSpec, ColumnRoles]:
+    """The expectations section and the column roles, from the spec or from the keywords (not both)."""
+    if spec is not None:
+        if any(v is not None for v in roles_given.values()):
+            raise TypeError(f"{source}: give either a spec or the expectations and column roles, not both")
+        return spec.expectations, ColumnRoles.from_spec(spec)
+    g = roles_given
+    if g.get("id_column") is None or g.get("label_column") is None or g.get("task_type") is None:
+        raise TypeError(f"{source}: give a spec, or id_column, label_column and task_type")
+    section = _expectations_section(g.get("expectations"))
+    label_values = g.get("label_values")
+    roles = ColumnRoles.create(id=g["id_column"], label=g["label_column"], timestamp=g.get("timestamp_column"),
+                               features=g.get("feature_columns"), task_type=g["task_type"], source=source,
+                               label_values=label_values if label_values is not None else section.label_values)
+    return section, roles
+
+
+def build_checks(inputs: QualityInputs) -> list[Check]:
+    return [check for build in EXPECTATION_BUILDERS.values() for check in build(inputs)]
 
 
 def _expectations_section(expectations: ExpectationsSpec | Mapping[str, Any] | None) -> ExpectationsSpec:
@@ -152,47 +164,74 @@ def _expectations_section(expectations: ExpectationsSpec | Mapping[str, Any] | N
     return typed.model_copy(update={"ranges": ranges, "freshness": freshness})
 
 
-def _check_id(index: int, check: Check) -> str:
+def check_id(index: int, check: Check) -> str:
     return f"{index:03d}:{check.kind}:{check.column if check.column is not None else ''}"
 
 
-def _run_suite(frame: pd.DataFrame, checks: list[Check], source: str):
-    """Run the checks that have a GX expectation, as one suite in an ephemeral context; GX's validation result."""
-    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(), analytics_enabled=False,
-                               progress_bars=ProgressBarsConfig(globally=False))
-    context = gx.get_context(mode="ephemeral", project_config=config)
-    suffix = uuid.uuid4().hex[:8]
-    batch_def = (context.data_sources.add_pandas(f"eval_pipeline_{suffix}")
-                 .add_dataframe_asset(f"dataset_{suffix}").add_batch_definition_whole_dataframe("whole"))
-    suite = gx.ExpectationSuite(name=f"quality_{suffix}", meta={"source": source})
-    for i, check in enumerate(checks):
-        if check.expectation is not None:
-            check.expectation.meta = {"check_id": _check_id(i, check)}
-            suite.add_expectation(check.expectation)
-    suite = context.suites.add(suite)
-    validation = gx.ValidationDefinition(name=f"validate_{suffix}", data=batch_def, suite=suite)
-    # a check may have GX see its column as it parsed it (freshness on string timestamps)
-    replaced = {c.column: c.column_data for c in checks if c.column_data is not None}
-    data = frame.assign(**replaced) if replaced else frame
-    return validation.run(batch_parameters={"dataframe": data}, result_format="SUMMARY")
+class SuiteRunner:
+    """Runs checks as one GX suite in an ephemeral context, made once and kept for every frame run through it
+    (a batched validation runs the same suite on each batch); a suite is made once per distinct list of checks."""
+
+    def __init__(self, source: str):
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+        import great_expectations as gx  # here, not at module level: the import takes 3-6 s
+        from great_expectations.data_context.types.base import (
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
+
+        self.gx, self.source, self.suffix = gx, source, uuid.uuid4().hex[:8]
+        config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(), analytics_enabled=False,
+                                   progress_bars=ProgressBarsConfig(globally=False))
+        self.context = gx.get_context(mode="ephemeral", project_config=config)
+        self.batch_def = (self.context.data_sources.add_pandas(f"eval_pipeline_{self.suffix}")
+                          .add_dataframe_asset(f"dataset_{self.suffix}").add_batch_definition_whole_dataframe("whole"))
+        self._validations: dict[str, Any] = {}
+
+    def run(self, frame: pd.DataFrame, checks: list[Check]):
+        """GX's validation result of the checks that have a GX expectation (each tagged with its check id)."""
+        for i, check in enumerate(checks):
+            if check.expectation is not None:
+                check.expectation.meta = {"check_id": check_id(i, check)}
+        expectations = [c.expectation for c in checks if c.expectation is not None]
+        key = json.dumps([e.configuration.to_json_dict() for e in expectations], sort_keys=True, default=str)
+        if key not in self._validations:
+            gx, n = self.gx, len(self._validations)
+            suite = gx.ExpectationSuite(name=f"quality_{self.suffix}_{n}", meta={"source": self.source})
+            for expectation in expectations:
+                suite.add_expectation(expectation)
+            suite = self.context.suites.add(suite)
+            self._validations[key] = gx.ValidationDefinition(name=f"validate_{self.suffix}_{n}",
+                                                             data=self.batch_def, suite=suite)
+        # a check may have GX see its column as it parsed it (freshness on string timestamps)
+        replaced = {c.column: c.column_data for c in checks if c.column_data is not None}
+        data = frame.assign(**replaced) if replaced else frame
+        return self._validations[key].run(batch_parameters={"dataframe": data}, result_format="SUMMARY")
+
+    @property
+    def version(self) -> str:
+        return self.gx.__version__
 
 
-def _outcome(check: Check, er: Any) -> tuple[bool, dict, str]:
+def gx_outcome(check: Check, er: Any) -> tuple[bool, dict, str]:
     """(success, observed, message) of one check from its GX result ``er`` (None for a pandas-evaluated check)."""
     if check.expectation is None:
-        return bool(check.passed), *check.describe(bool(check.passed), {})
+        return describe_outcome(check, bool(check.passed), {}, None)
     if er is None:  # should not happen
         return False, {}, f"GX returned no result for {check.expectation_type}"
-    raised = _exception_message(er.exception_info or {})
+    return describe_outcome(check, bool(er.success), dict(er.result or {}), _exception_message(er.exception_info or {}))
+
+
+def describe_outcome(check: Check, success: bool, res: dict, raised: str | None) -> tuple[bool, dict, str]:
+    """(success, observed, message) from GX's result dict ``res`` of the check (or a merged one) and its facts."""
     if raised:
         where = f" on column '{check.column}'" if check.column else ""
         return False, {"error": raised}, f"{check.expectation_type}{where} could not be evaluated: {raised}"
-    success = bool(er.success)
-    return success, *check.describe(success, dict(er.result or {}))
+    return success, *check.describe(success, {**res, **check.facts})
 
 
-def _result_entry(check: Check, er: Any, source: str) -> dict:
-    success, observed, message = _outcome(check, er)
+def result_entry(check: Check, success: bool, observed: dict, message: str, source: str) -> dict:
     entry = {
         "expectation": check.expectation_type,
         "check": check.kind,
@@ -206,7 +245,8 @@ def _result_entry(check: Check, er: Any, source: str) -> dict:
     return entry
 
 
-def _quality_result(source: str, inputs: QualityInputs, results: list[dict], gx_run: Any) -> QualityResult:
+def quality_result(source: str, inputs: QualityInputs, results: list[dict], gx_dict: dict,
+                   provenance: dict | None = None) -> QualityResult:
     n_ok = sum(r["success"] for r in results)
     statistics = {
         "evaluated": len(results),
@@ -222,17 +262,19 @@ def _quality_result(source: str, inputs: QualityInputs, results: list[dict], gx_
     parameters: dict = {"task_type": r.task, "id_column": r.id, "label_column": r.label,
                         "timestamp_column": r.timestamp, "feature_columns": list(r.features),
                         "min_rows": e.min_rows, "max_rows": e.max_rows}
-    gx_dict = to_jsonsafe(gx_run.to_json_dict())
     meta = gx_dict.get("meta") or {}
+    from great_expectations import __version__ as gx_version  # imported already: GX produced gx_dict
+
     run_info = {"gx_validation_id": meta.get("validation_id"), "gx_run_id": meta.get("run_id"),
-                "great_expectations_version": gx.__version__}
+                "great_expectations_version": gx_version}
     if ref is not None:
         judged_at = ref.as_of.isoformat() if ref.origin != "clock" else "now (UTC)"
         parameters["freshness"] = {"max_age_days": ref.max_age_days, "as_of": judged_at}
         if ref.origin == "clock":
             run_info["freshness_as_of"] = ref.as_of.isoformat()
     return QualityResult(source=source, success=statistics["failed"] == 0, results=results, statistics=statistics,
-                         gx_result=gx_dict, skipped=inputs.skipped, parameters=parameters, run_info=run_info)
+                         gx_result=gx_dict, skipped=inputs.skipped, parameters=parameters, run_info=run_info,
+                         provenance=provenance or {})
 
 
 def _exception_message(exc: Any) -> str | None:

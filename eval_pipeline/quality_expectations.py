@@ -32,9 +32,19 @@ import pandas as pd
 from .jsonsafe import to_jsonsafe
 from .spec import EvalSpec, ExpectationsSpec
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
-import great_expectations.expectations as gxe  # noqa: E402
+class _LazyGXE:
+    """``great_expectations.expectations``, imported on first use: the import takes 3-6 s, and a pipeline step that
+    finds its quality result already there must not pay it."""
+
+    def __getattr__(self, name: str) -> Any:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+        import great_expectations.expectations as module
+
+        return getattr(module, name)
+
+
+gxe = _LazyGXE()
 
 __all__ = ["ColumnRoles", "QualityInputs", "Check", "EXPECTATION_BUILDERS", "DTYPE_FAMILIES", "dtype_family_ok"]
 
@@ -147,14 +157,21 @@ class Check:
     describe: Describe
     passed: bool | None = None
     column_data: pd.Series | None = None  # what GX sees as ``column`` instead of the frame's own (parsed values)
+    # what the builder measured with pandas (a range's extent, a dtype); ``describe`` reads them from its result
+    # argument, so a batched run can pass the facts merged over all batches instead
+    facts: dict = field(default_factory=dict)
 
     @property
     def expectation_type(self) -> str:
         return self.expectation.expectation_type if self.expectation is not None else DTYPE_EXPECTATION
 
 
-def _pandas_check(kind: str, column: str, passed: bool, observed: dict, message: str) -> Check:
-    return Check(kind, column, None, lambda *_: (observed, message), passed=passed)
+def _dtype_check(kind: str, column: str, passed: bool, dtype: Any, message: Callable[[str, bool], str]) -> Check:
+    """A check evaluated with pandas on a column's dtype; ``message(dtype, passed)`` words it."""
+    def describe(ok: bool, res: dict) -> tuple[dict, str]:
+        return {"dtype": res["dtype"]}, message(res["dtype"], ok)
+
+    return Check(kind, column, None, describe, passed=passed, facts={"dtype": str(dtype)})
 
 
 # --------------------------------------------------------------------------------------------- message helpers
@@ -304,12 +321,16 @@ def dtype_checks(q: QualityInputs) -> list[Check]:
     checks = []
     for column, family in sorted(q.expectations.dtypes.items()):
         if q.has_column(column, DTYPE_EXPECTATION):
-            dtype = q.frame[column].dtype
             ok = dtype_family_ok(q.frame[column], family)
-            verdict = f" ({family} as expected)" if ok else f"; expected {family}"
-            checks.append(_pandas_check("dtype", column, ok, {"dtype": str(dtype)},
-                                        f"column '{column}' has dtype {dtype}{verdict}"))
+            checks.append(_dtype_check("dtype", column, ok, q.frame[column].dtype, _dtype_words(column, family)))
     return checks
+
+
+def _dtype_words(column: str, family: str) -> Callable[[str, bool], str]:
+    def message(dtype: str, ok: bool) -> str:
+        return f"column '{column}' has dtype {dtype}" + (f" ({family} as expected)" if ok else f"; expected {family}")
+
+    return message
 
 
 def row_count_checks(q: QualityInputs) -> list[Check]:
@@ -360,10 +381,12 @@ def range_checks(q: QualityInputs) -> list[Check]:
         if lo is None and hi is None:
             continue
         bound = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-        extent = _extent(q.frame[c]) if c in q.frame.columns else {}
-        checks += q.on_column("range", gxe.ExpectColumnValuesToBeBetween(column=c, min_value=lo, max_value=hi),
-                              _unexpected(f"column '{c}'", "value", f"all values of column '{c}' are within {bound}",
-                                          f" outside {bound}", extra=extent))
+        found = q.on_column("range", gxe.ExpectColumnValuesToBeBetween(column=c, min_value=lo, max_value=hi),
+                            _unexpected(f"column '{c}'", "value", f"all values of column '{c}' are within {bound}",
+                                        f" outside {bound}", extra=lambda res: res.get("extent", {})))
+        for check in found:
+            check.facts = {"extent": _extent(q.frame[c])}
+        checks += found
     return checks
 
 
@@ -403,9 +426,8 @@ def _finite_label_checks(q: QualityInputs) -> list[Check]:
     if not q.has_column(column, gxe.ExpectColumnValuesToBeBetween.expectation_type):
         return []
     if not dtype_family_ok(q.frame[column], "numeric"):
-        dtype = q.frame[column].dtype
-        return [_pandas_check("label_domain", column, False, {"dtype": str(dtype)},
-                              f"regression label '{column}' has dtype {dtype}; expected numeric")]
+        return [_dtype_check("label_domain", column, False, q.frame[column].dtype,
+                             lambda dtype, _: f"regression label '{column}' has dtype {dtype}; expected numeric")]
     big = float(np.finfo(np.float64).max)
     subject = f"regression label '{column}'"
     expectation = gxe.ExpectColumnValuesToBeBetween(column=column, min_value=-big, max_value=big)

@@ -26,6 +26,9 @@ class QualityResult:
     skipped: list[dict] = field(default_factory=list)
     parameters: dict = field(default_factory=dict)
     run_info: dict = field(default_factory=dict)
+    # how a batched validation was made: the expectations' fingerprint, the merge layout, batches, rows and any
+    # spill partitions (eval_pipeline.quality_merge); persisted only when set, so a whole-frame result keeps its bytes
+    provenance: dict = field(default_factory=dict)
 
     def failures(self) -> list[str]:
         return [r["message"] for r in self.results if not r["success"]]
@@ -35,7 +38,18 @@ class QualityResult:
 
     def to_dict(self) -> dict:
         """JSON-safe and deterministic (same data and arguments -> identical ``json.dumps(sort_keys=True)``)."""
-        return to_jsonsafe({name: getattr(self, name) for name in self._PERSISTED})
+        out = {name: getattr(self, name) for name in self._PERSISTED}
+        if self.provenance:
+            out["provenance"] = self.provenance
+        return to_jsonsafe(out)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "QualityResult":
+        """The result as :meth:`to_dict` persisted it (no GX result: the run that made it is gone)."""
+        return cls(source=data["source"], success=bool(data["success"]), results=list(data["results"]),
+                   statistics=dict(data["statistics"]), gx_result={}, skipped=list(data.get("skipped", [])),
+                   parameters=dict(data.get("parameters", {})), run_info={"reused": True},
+                   provenance=dict(data.get("provenance", {})))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
