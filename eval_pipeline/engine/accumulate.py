@@ -147,6 +147,9 @@ class CombinerConfig:
     grid: np.ndarray | None = None  # binary: score-bin edges of the bootstrap cells
     ece_bins: int = 10
     storage: object = None  # binary: where sorted runs and row pieces live (.binary_stats.MemoryStorage / .spill)
+    query: str | None = None  # ranking: the query id column (.ranking)
+    relevance_min: float = 1.0  # ranking: a document is relevant when its label >= this
+    no_relevant: str = "skip"  # ranking: queries without relevant documents are skipped or count 0
 
 
 @dataclass

@@ -5,11 +5,13 @@ An undefined value is reported as ``None`` with a reason; it is never replaced b
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 BINARY = "binary_classification"
 MULTICLASS = "multiclass_classification"
 REGRESSION = "regression"
+RANKING = "ranking"
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,74 @@ _LIST = [
        "numpy.mean(pred - y)", (float("-inf"), float("inf"))),
 ]
 
-METRICS: dict[str, MetricInfo] = {m.name: m for m in _LIST}
+# --- ranking: per-query values averaged over queries (.ranking); the cutoff k is part of the name, e.g. ndcg@10
+RANKING_METRIC = re.compile(r"^(ndcg|map|mrr|recall|precision)(?:@([1-9][0-9]{0,5}))?$")
+RANKING_SYNTAX = ("ndcg@K, map@K, mrr, mrr@K, recall@K, precision@K (K a whole number >= 1; ndcg and map without @K "
+                  "use the whole list)")
+_RANKING = {
+    "ndcg": ("NDCG@k per query, averaged over queries: DCG@k / IDCG@k, gain = label (linear), discount "
+             "1 / log2(position + 1), tied scores averaged (expected value over their orderings). A query whose "
+             "labels are all 0 is skipped (ranking.no_relevant: skip) or counts 0 (zero, as scikit-learn).",
+             "sklearn.metrics.ndcg_score per query (ignore_ties=False)"),
+    "map": ("AP@k per query, averaged: (1 / min(k, R)) sum of precision@i over relevant documents at positions "
+            "i <= k (R = relevant documents of the query, relevant = label >= ranking.relevance_min); ties averaged.",
+            "reference implementation in tests (trec_eval map_cut with min(k, R))"),
+    "mrr": ("1 / position of the first relevant document (0 if none in the top k), averaged over queries; ties "
+            "averaged.", "reference implementation in tests"),
+    "recall": ("relevant documents in the top k / R, averaged over queries; ties averaged.",
+               "reference implementation in tests"),
+    "precision": ("relevant documents in the top k / k (TREC P@k), averaged over queries; ties averaged.",
+                  "reference implementation in tests"),
+}
+
+
+def ranking_metric(name: str) -> tuple[str, int | None] | None:
+    """(base, k) of a ranking metric name such as ``ndcg@10`` or ``mrr`` (k None: the whole list), or None."""
+    m = RANKING_METRIC.match(name) if isinstance(name, str) else None
+    if m is None or (m.group(2) is None and m.group(1) in ("recall", "precision")):
+        return None
+    return m.group(1), None if m.group(2) is None else int(m.group(2))
+
+
+def _ranking_info(name: str) -> MetricInfo | None:
+    parsed = ranking_metric(name)
+    if parsed is None:
+        return None
+    base, k = parsed
+    desc, ref = _RANKING[base]
+    return MetricInfo(name, (RANKING,), True, desc if k is None else f"(k = {k}) {desc}", ref)
+
+
+class _Catalogue(dict):
+    """The metrics by name; ranking names with any cutoff (``ndcg@5``) resolve on lookup, the defaults are listed."""
+
+    def __missing__(self, name):
+        info = _ranking_info(name)
+        if info is None:
+            raise KeyError(name)
+        return info
+
+    def __contains__(self, name):
+        return dict.__contains__(self, name) or _ranking_info(name) is not None
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+
+_LIST += [_ranking_info(n) for n in ("ndcg@10", "map@10", "mrr", "recall@10", "precision@10")]
+METRICS: dict[str, MetricInfo] = _Catalogue({m.name: m for m in _LIST})
 
 
 def metrics_for(task_type: str) -> list[str]:
+    """The catalogue's metrics of a task type (ranking: its default names; any cutoff is allowed, see
+    :func:`is_metric_for`)."""
     return [m.name for m in _LIST if task_type in m.task_types]
+
+
+def is_metric_for(name: str, task_type: str) -> bool:
+    return name in METRICS and task_type in METRICS[name].task_types
+
+
+def metric_syntax(task_type: str) -> str:
+    """The valid metric names of a task type, as an error message shows them."""
+    return f"{metrics_for(task_type)} or any of {RANKING_SYNTAX}" if task_type == RANKING else str(metrics_for(task_type))

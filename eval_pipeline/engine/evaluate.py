@@ -21,16 +21,18 @@ from .accumulate import Combiner, CombinerConfig
 from .binary import BinaryFamily
 from .binary_cells import score_grid
 from .bootstrap import percentile_ci
-from .catalogue import BINARY, METRICS, MULTICLASS, REGRESSION, metrics_for
+from .catalogue import BINARY, METRICS, MULTICLASS, RANKING, REGRESSION, is_metric_for, metric_syntax
 from .columns import as_batch_list, n_rows
 from .config import SliceConfig
 from .errors import EngineInputError
 from .multiclass import MulticlassFamily
+from .ranking import NO_RELEVANT, RankingFamily
 from .regression import RegressionFamily
 from .slices import build_slices, slice_columns, validate_config
 from .storage import MemoryStorage
 
-FAMILIES = {BINARY: BinaryFamily(), MULTICLASS: MulticlassFamily(), REGRESSION: RegressionFamily()}
+FAMILIES = {BINARY: BinaryFamily(), MULTICLASS: MulticlassFamily(), REGRESSION: RegressionFamily(),
+            RANKING: RankingFamily()}
 
 
 def _f(x):
@@ -72,11 +74,11 @@ def _validate(task_type, label, predictions, metrics, threshold, classes, top_k,
               baseline, candidate):
     if task_type not in FAMILIES:
         raise EngineInputError(f"task_type: expected one of {list(FAMILIES)}, got {task_type!r}")
-    valid = metrics_for(task_type)
+    valid = metric_syntax(task_type)
     if not metrics:
         raise EngineInputError(f"metrics: expected a non-empty list; valid for {task_type}: {valid}")
     for m in metrics:
-        if m not in valid:
+        if not is_metric_for(m, task_type):
             raise EngineInputError(f"metric '{m}' is not available for {task_type}; valid metrics: {valid}")
     if len(set(metrics)) != len(metrics):
         raise EngineInputError(f"metrics: duplicate names in {list(metrics)}")
@@ -108,6 +110,17 @@ def _validate(task_type, label, predictions, metrics, threshold, classes, top_k,
             raise EngineInputError(f"{name}: role '{r}' is not in predictions (roles: {list(predictions)})")
 
 
+def _validate_ranking(task_type, query, relevance_min, no_relevant):
+    if task_type != RANKING:
+        return
+    if not isinstance(query, str) or not query:
+        raise EngineInputError("query: ranking needs the query id column (one row per query and document)")
+    if not (math.isfinite(float(relevance_min)) and float(relevance_min) > 0):
+        raise EngineInputError(f"relevance_min: expected a number > 0 (relevant = label >= it), got {relevance_min}")
+    if no_relevant not in NO_RELEVANT:
+        raise EngineInputError(f"no_relevant: expected one of {list(NO_RELEVANT)}, got {no_relevant!r}")
+
+
 def _flag_interval(cell: dict, diag: dict | None) -> None:
     """Mark an interval the engine cannot vouch for (regression with heavy-tailed errors, see ``.regression``;
     near-perfect binary rankings with few labels of a class, see ``.binary``)."""
@@ -136,7 +149,7 @@ def _families(roles, baseline, candidate):
 
 def make_combiner(*, task_type, label, predictions, slices: SliceConfig, threshold=0.5, classes=None, top_k=3,
                   ece_bins=10, baseline="baseline", candidate="candidate", spill_dir=None,
-                  spill_rows=None) -> Combiner:
+                  spill_rows=None, query=None, relevance_min=1.0, no_relevant="skip") -> Combiner:
     """The streaming combiner (create_accumulator / add_batch / merge_accumulators) for one evaluation.
 
     ``spill_dir`` / ``spill_rows`` (or the environment variables ``EVAL_ENGINE_SPILL_DIR`` /
@@ -151,7 +164,7 @@ def make_combiner(*, task_type, label, predictions, slices: SliceConfig, thresho
         slice_columns=slice_columns(slices), bins={k: list(v) for k, v in dict(slices.bins).items()},
         threshold=float(threshold), classes=list(classes) if classes is not None else None, top_k=int(top_k),
         families=_families(roles, baseline, candidate), grid=score_grid(float(threshold), int(ece_bins)),
-        ece_bins=int(ece_bins))
+        ece_bins=int(ece_bins), query=query, relevance_min=float(relevance_min), no_relevant=no_relevant)
     if task_type == BINARY:
         config.storage = spill.resolve(spill_dir, spill_rows) or MemoryStorage()
     return Combiner(config)
@@ -165,14 +178,14 @@ def _cleanup(config: CombinerConfig) -> None:
 def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = SliceConfig(), metrics,
              threshold=0.5, classes=None, top_k=3, ece_bins=10, n_boot=1000, seed=0, confidence=0.95,
              baseline="baseline", candidate="candidate", workers=None, spill_dir=None,
-             spill_rows=None) -> EvaluationResult:
+             spill_rows=None, query=None, relevance_min=1.0, no_relevant="skip") -> EvaluationResult:
     """Evaluate one or more models (roles) on streamed batches: exact metrics per slice, paired bootstrap intervals.
 
     Parameters
     ----------
     batches : pandas.DataFrame, pyarrow.Table, pyarrow.RecordBatch or iterable of them
         The evaluation rows, streamed: batches are added to mergeable accumulators and never held together.
-    task_type : {"binary_classification", "multiclass_classification", "regression"}
+    task_type : {"binary_classification", "multiclass_classification", "regression", "ranking"}
     label : str
         The label column (binary: 0/1 or bool; multiclass: values in ``classes``; regression: numbers).
     predictions : mapping of str to str or list of str
@@ -205,6 +218,10 @@ def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = Sl
         Opt-in external-memory mode for binary tasks (:mod:`.spill`; also ``EVAL_ENGINE_SPILL_DIR`` /
         ``EVAL_ENGINE_SPILL_ROWS``): bit-identical results with memory bounded independently of rows; temp files
         are removed at the end.
+    query, relevance_min, no_relevant : ranking only (:mod:`.ranking`)
+        The query id column; a document is relevant when its label >= ``relevance_min`` (default 1); queries
+        without relevant documents are left out of the metrics they make undefined (``"skip"``) or count 0
+        (``"zero"``). A slice's ``n`` counts queries.
 
     Returns
     -------
@@ -249,9 +266,11 @@ def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = Sl
     confidence = 0.95 if confidence is None else confidence
     _validate(task_type, label, predictions, metrics, threshold, classes, top_k, ece_bins, n_boot, confidence,
               baseline, candidate)
+    _validate_ranking(task_type, query, relevance_min, no_relevant)
     comb = make_combiner(task_type=task_type, label=label, predictions=predictions, slices=slices,
                          threshold=threshold, classes=classes, top_k=top_k, ece_bins=ece_bins, baseline=baseline,
-                         candidate=candidate, spill_dir=spill_dir, spill_rows=spill_rows)
+                         candidate=candidate, spill_dir=spill_dir, spill_rows=spill_rows, query=query,
+                         relevance_min=relevance_min, no_relevant=no_relevant)
     try:
         acc = _consume(comb, as_batch_list(batches), workers)
         res = evaluate_accumulator(comb, acc, slices=slices, metrics=metrics, n_boot=n_boot, seed=seed,
@@ -304,10 +323,10 @@ def evaluate_accumulator(comb: Combiner, acc, *, slices, metrics, n_boot=1000, s
     baseline, candidate = (fam0[0], fam0[1]) if len(fam0) == 2 else (None, None)
     if len(config.roles) == 1:
         candidate = config.roles[0]
-    bad = [m for m in metrics if m not in metrics_for(config.task_type)]
+    bad = [m for m in metrics if not is_metric_for(m, config.task_type)]
     if bad:
         raise EngineInputError(f"metric '{bad[0]}' is not available for {config.task_type}; "
-                               f"valid metrics: {metrics_for(config.task_type)}")
+                               f"valid metrics: {metric_syntax(config.task_type)}")
     try:
         return _extract(comb, acc, config, slices, metrics, n_boot, seed, confidence, ece_bins, baseline, candidate)
     finally:
@@ -323,6 +342,7 @@ def _extract(comb, acc, config, slices, metrics, n_boot, seed, confidence, ece_b
     role_family = {r: i for i, f in enumerate(families) for r in f}
     kw = dict(metrics=metrics, n_boot=n_boot, seed=seed, families=families, role_family=role_family)
     out = config.family.compute(merged, sdefs, **kw)
+    warnings += out.get("warnings", [])  # what the family wants the reader to know (ranking: skipped queries)
 
     B = n_boot
     for r in out["reps"]:  # replicates stay inside the metric's range (recentring could push them out)
