@@ -2,14 +2,16 @@
 
 All I/O goes through fsspec (and pyarrow on top of fsspec file objects), so local and S3 share one code path.
 Writes are atomic: a writer produces a temporary object next to the target and moves it into place only when it is
-complete, so a crash mid-write leaves the previous good output readable. (On S3 a single PUT is already atomic: the
-object appears whole or not at all, so we write it directly.)
+complete, so a crash mid-write leaves the previous good output readable. On S3 an object appears whole or not at all:
+writes stream through a multipart upload of fixed-size blocks (EVAL_S3_BLOCK_SIZE bytes, default 32 MiB, at least
+5 MiB), so memory stays at about one block whatever the object's size; the object (and so the new version) appears
+only at CompleteMultipartUpload, and a failed write aborts the upload, leaving the previous version in place.
 
 Layout (relative to the root) is documented in README.md; the helpers in this module build those paths.
 """
 
 import contextlib
-import io
+import hashlib
 import json
 import os
 import posixpath
@@ -67,6 +69,20 @@ def s3_storage_options() -> dict[str, Any]:
     if endpoint:
         opts["client_kwargs"] = {"endpoint_url": endpoint}
     return opts
+
+
+S3_BLOCK_SIZE_ENV = "EVAL_S3_BLOCK_SIZE"
+DEFAULT_S3_BLOCK_SIZE = 32 * 2**20  # S3 allows 10,000 parts: 32 MiB blocks bound an object at ~320 GiB
+S3_MIN_BLOCK_SIZE = 5 * 2**20  # S3's (and s3fs's) smallest part but the last
+HASH_CHUNK = 8 * 2**20
+
+
+def s3_block_size() -> int:
+    """Bytes per multipart block of an S3 write (and so the memory one writer holds), from EVAL_S3_BLOCK_SIZE."""
+    size = _env_number(S3_BLOCK_SIZE_ENV, DEFAULT_S3_BLOCK_SIZE, int)
+    if size < S3_MIN_BLOCK_SIZE:
+        raise LakeError(f"{S3_BLOCK_SIZE_ENV}={size} is below S3's smallest multipart part ({S3_MIN_BLOCK_SIZE} bytes)")
+    return size
 
 
 # s3fs retries some errors itself, on top of botocore (and a body read that dropped mid-transfer, which botocore
@@ -164,6 +180,18 @@ class Lake:
         except FileNotFoundError:
             raise FileNotFoundError(f"not found in the lake: {self.uri(rel)}") from None
 
+    def sha256(self, rel: str) -> tuple[str, int]:
+        """(sha256 hex digest, size in bytes) of a lake file, read in chunks: memory does not grow with the file."""
+        digest, size = hashlib.sha256(), 0
+        try:
+            with self.fs.open(self.path(rel), "rb", block_size=HASH_CHUNK) as fh:
+                while chunk := fh.read(HASH_CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"not found in the lake: {self.uri(rel)}") from None
+        return digest.hexdigest(), size
+
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode("utf-8")
 
@@ -216,10 +244,23 @@ class Lake:
                 if os.path.exists(tmp):
                     os.remove(tmp)
         else:
-            # Object stores: buffer and PUT once; a failed block never uploads anything.
-            buf = io.BytesIO()
-            yield buf
-            self.fs.pipe_file(target, buf.getvalue())
+            yield from self._s3_upload(target)
+
+    def _s3_upload(self, target: str) -> Iterator[Any]:
+        """s3fs's streaming writer: one block in memory, uploaded as a part of a multipart upload whenever it fills
+        (an object smaller than one block is a single PUT at close). Nothing is visible before the upload completes;
+        on an exception the upload is aborted (its parts are deleted) and the previous object stays."""
+        fh = self.fs.open(target, "wb", block_size=s3_block_size())
+        try:
+            yield fh
+            fh.close()  # uploads the last block, then CompleteMultipartUpload (or the one PUT)
+        except BaseException:
+            # AbortMultipartUpload (a no-op when no part was sent yet). Should the abort itself fail, the upload
+            # stays invisible (a bucket lifecycle rule reaps it) and the original error is the one worth raising.
+            with contextlib.suppress(Exception):
+                fh.discard()
+            fh.closed = True  # or the file's finaliser would commit what was buffered
+            raise
 
     def write_bytes(self, rel: str, data: bytes) -> str:
         with self.atomic_open(rel) as fh:

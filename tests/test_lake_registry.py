@@ -135,3 +135,100 @@ def test_champion_and_promotion_audit(tmp_path):
 
 def test_versions_sort_naturally():
     assert sorted(["10", "2", "1", "v3"], key=version_sort_key) == ["1", "2", "10", "v3"]
+
+
+# -- issue 11: S3 writes stream as a multipart upload; hashes stream --------------------------------------------------
+from .s3_util import moto_endpoint, s3_env, s3_lake  # noqa: E402,F401
+
+MiB = 2**20
+
+
+def _s3_client(lake):
+    import boto3
+
+    from .s3_util import REGION
+
+    return boto3.client("s3", endpoint_url=os.environ["EVAL_S3_ENDPOINT_URL"], region_name=REGION)
+
+
+def _bucket_key(lake, rel):
+    bucket, _, prefix = lake.root[len("s3://"):].partition("/")
+    return bucket, f"{prefix}/{rel}"
+
+
+def test_s3_write_streams_fixed_blocks_and_round_trips(s3_lake, monkeypatch):
+    import hashlib
+
+    import numpy as np
+
+    monkeypatch.setenv("EVAL_S3_BLOCK_SIZE", str(5 * MiB))  # S3's smallest part
+    client = _s3_client(s3_lake)
+    bucket, key = _bucket_key(s3_lake, "big/object.bin")
+    chunks = [np.random.default_rng(i).bytes(MiB) for i in range(22)]  # 22 MiB: four full blocks and a tail
+    buffered, parts_seen = [], None
+    with s3_lake.atomic_open("big/object.bin") as fh:
+        for i, chunk in enumerate(chunks):
+            fh.write(chunk)
+            buffered.append(len(fh.buffer.getbuffer()))  # what the writer holds in memory right now
+            if i == 16:  # mid-write: three blocks are already on S3 as parts, and nothing is visible yet
+                [upload] = client.list_multipart_uploads(Bucket=bucket)["Uploads"]
+                parts_seen = len(client.list_parts(Bucket=bucket, Key=key, UploadId=upload["UploadId"])["Parts"])
+                assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix=key)
+    assert parts_seen == 3
+    assert max(buffered) < 5 * MiB + MiB  # never more than one block plus the write in hand, whatever the size
+    data = b"".join(chunks)
+    head = client.head_object(Bucket=bucket, Key=key)
+    assert head["ContentLength"] == len(data) and head["ETag"].strip('"').endswith("-5")  # 4 blocks + tail
+    assert s3_lake.read_bytes("big/object.bin") == data
+    assert "Uploads" not in client.list_multipart_uploads(Bucket=bucket)
+    assert s3_lake.sha256("big/object.bin") == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_s3_write_that_fails_midway_leaves_the_previous_object(s3_lake, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setenv("EVAL_S3_BLOCK_SIZE", str(5 * MiB))
+    client = _s3_client(s3_lake)
+    bucket, key = _bucket_key(s3_lake, "out/data.bin")
+    s3_lake.write_bytes("out/data.bin", b"previous good output")
+    with pytest.raises(RuntimeError, match="crash mid-write"):
+        with s3_lake.atomic_open("out/data.bin") as fh:
+            for i in range(16):  # three blocks already uploaded as parts
+                fh.write(np.random.default_rng(i).bytes(MiB))
+            raise RuntimeError("crash mid-write")
+    assert s3_lake.read_bytes("out/data.bin") == b"previous good output"
+    assert "Uploads" not in client.list_multipart_uploads(Bucket=bucket)  # the upload was aborted, parts deleted
+    assert [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]] == [key]
+
+
+def test_s3_block_size_below_the_s3_minimum_is_refused(s3_lake, monkeypatch):
+    monkeypatch.setenv("EVAL_S3_BLOCK_SIZE", "1000")
+    with pytest.raises(LakeError, match=r"EVAL_S3_BLOCK_SIZE=1000 is below S3's smallest multipart part"):
+        s3_lake.write_bytes("x.bin", b"x")
+    assert not s3_lake.exists("x.bin")
+
+
+def test_sha256_reads_in_chunks_not_whole(tmp_path, monkeypatch):
+    import hashlib
+
+    import eval_pipeline.lake as lake_module
+
+    lake = Lake(str(tmp_path))
+    data = bytes(range(256)) * 400  # 102,400 bytes
+    lake.write_bytes("f.bin", data)
+    reads = []
+    real_open = lake.fs.open
+
+    def counting_open(*args, **kwargs):
+        fh = real_open(*args, **kwargs)
+        real_read = fh.read
+        fh.read = lambda n=-1: reads.append(n) or real_read(n)
+        return fh
+
+    monkeypatch.setattr(lake_module, "HASH_CHUNK", 4096)
+    monkeypatch.setattr(lake.fs, "open", counting_open)
+    monkeypatch.setattr(Lake, "read_bytes", lambda *a: pytest.fail("sha256 read the whole file"))
+    assert lake.sha256("f.bin") == (hashlib.sha256(data).hexdigest(), len(data))
+    assert reads and all(0 < n <= 4096 for n in reads)
+    with pytest.raises(FileNotFoundError, match="not found in the lake"):
+        lake.sha256("missing.bin")
