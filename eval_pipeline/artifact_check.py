@@ -86,7 +86,7 @@ def _check_artifact(data, flavor, check, what, id_column, score_columns) -> dict
     if not spec.columns.features:
         raise ScoringError(f"{what}: spec '{spec.task}' lists no columns.features, so a {flavor} model cannot be "
                            f"scored; list the model's input columns")
-    method = "predict" if spec.task_type == "regression" else "predict_proba"
+    method = "predict" if spec.task_type in ("regression", "ranking") else "predict_proba"
     rows = check.rows
     if rows is not None:
         missing = [c for c in spec.columns.features if c not in rows.columns]

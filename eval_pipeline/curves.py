@@ -258,6 +258,8 @@ def curves_from_batches(batches: Batches | Callable[[], Batches], *, task_type: 
                         bins: int = DEFAULT_BINS, max_points: int = MAX_POINTS) -> dict:
     """Summaries per role from ``(labels, {role: scores})`` batches. Regression needs two passes: pass a callable
     that returns a fresh iterator (a plain iterable is materialised once for it, which is fine for tests only)."""
+    if task_type == "ranking":  # its metrics are per query: the report's tables, no per-row curve
+        return {"task_type": task_type, "roles": roles, "models": {}}
     if task_type == "regression":
         make = batches if callable(batches) else (lambda data=list(batches): iter(data))
         vlo, vhi, rlo, rhi = np.inf, -np.inf, np.inf, -np.inf

@@ -55,6 +55,7 @@ _TASK_ALIASES = {
     "binary_classification": "binary",
     "multiclass_classification": "multiclass",
     "regression": "regression",
+    "ranking": "ranking",
     "binary": "binary",
     "multiclass": "multiclass",
 }
@@ -412,7 +413,7 @@ def label_domain_checks(q: QualityInputs) -> list[Check]:
     """Classification labels are in ``label_values`` (binary default ``[0, 1]``); regression labels are finite
     numbers (nulls are the not-null check's business)."""
     r = q.roles
-    if r.task == "regression":
+    if r.task == "regression" or (r.task == "ranking" and r.label_values is None):  # graded relevance: numbers
         return _finite_label_checks(q)
     domain = list(r.label_values) if r.label_values is not None else ([0, 1] if r.task == "binary" else None)
     if domain is None:
