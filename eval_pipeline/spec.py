@@ -17,6 +17,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_serializer, model_validator)
 from pydantic_core import InitErrorDetails
 
+from .robustness_spec import RobustnessSpec
 from .settings import DOTTED_NAME
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -27,6 +28,7 @@ DEFAULT_METRICS = {
                               "specificity", "balanced_accuracy", "log_loss", "brier", "ece"],
     "multiclass_classification": ["accuracy", "macro_f1", "micro_f1", "weighted_f1", "top_k_accuracy"],
     "regression": ["mae", "rmse", "r2", "mape", "mean_error"],
+    "ranking": ["ndcg@10", "map@10", "mrr", "recall@10", "precision@10"],  # any cutoff: ndcg@5, recall@100, ...
 }
 
 # The drift methods eval_pipeline.drift supports (Evidently 0.7 stattest names; drift._STATTESTS, kept equal by a
@@ -37,6 +39,8 @@ DRIFT_METHODS = ("ks", "cramer_von_mises", "anderson", "chisquare", "es", "fishe
 DRIFT_CATEGORICAL_METHODS = ("chisquare", "fisher_exact", "g_test", "hellinger", "jensenshannon", "kl_div", "psi",
                              "TVD", "z")
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+# Sections added after specs were first hashed: when absent (None) they are left out of the hash (canonical_json).
+OPTIONAL_SECTIONS = ("robustness", "ranking")
 
 
 class SpecError(ValueError):
@@ -137,6 +141,23 @@ class ColumnsSpec(_Strict):
     features: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list,
                                    description="features or drift columns treated as categorical for drift")
+    query: str | None = Field(None, description="ranking: the query id column (one row per query and document)")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        out = handler(self)  # a spec without a query column dumps (and hashes) as it did before the key existed
+        if isinstance(out, dict) and out.get("query", 0) is None:
+            del out["query"]
+        return out
+
+
+class RankingSpec(_Strict):
+    """task_type ranking: what counts as relevant, and what a query without a relevant document does
+    (eval_pipeline.engine.ranking)."""
+    relevance_min: float = Field(1.0, gt=0, description="a document is relevant when its label >= this (map, mrr, "
+                                                        "recall@k, precision@k; ndcg uses the graded label)")
+    no_relevant: Literal["skip", "zero"] = Field("skip", description="queries without relevant documents: left out "
+                                                 "of the metrics they make undefined (skip) or counted as 0 (zero)")
 
 
 class ModelSpec(_Strict):
@@ -334,7 +355,7 @@ class AlertsSpec(_Strict):
 class EvalSpec(_Strict):
     task: str
     description: str = ""
-    task_type: Literal["binary_classification", "multiclass_classification", "regression"]
+    task_type: Literal["binary_classification", "multiclass_classification", "regression", "ranking"]
     data: DataSpec
     columns: ColumnsSpec
     model: ModelSpec
@@ -346,6 +367,8 @@ class EvalSpec(_Strict):
     expectations: ExpectationsSpec = ExpectationsSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     alerts: AlertsSpec = AlertsSpec()
+    robustness: RobustnessSpec | None = None
+    ranking: RankingSpec | None = None
 
     @field_validator("task")
     @classmethod
@@ -371,6 +394,7 @@ class EvalSpec(_Strict):
         self._check_metrics(problems)
         self._check_gate_slices(problems)
         self._check_drift(problems)
+        self._check_robustness(problems)
         if not problems:
             self._check_gate_resolution(problems)
         if problems:
@@ -380,7 +404,8 @@ class EvalSpec(_Strict):
     def _check_columns(self, problems: list[str]) -> None:
         c = self.columns
         roles = [("columns.id", c.id), ("columns.label", c.label)] + (
-            [("columns.timestamp", c.timestamp)] if c.timestamp else [])
+            [("columns.timestamp", c.timestamp)] if c.timestamp else []) + (
+            [("columns.query", c.query)] if c.query else [])
         seen: dict[str, str] = {}
         for key, col in roles:
             if col in seen:
@@ -414,12 +439,13 @@ class EvalSpec(_Strict):
                             f"(or remove the time windows)")
 
     def _check_metrics(self, problems: list[str]) -> None:
-        from .engine import METRICS  # the engine owns the metric catalogue
+        from .engine.catalogue import is_metric_for, metric_syntax  # the engine owns the metric catalogue
 
-        valid = sorted(m for m, info in METRICS.items() if self.task_type in info.task_types)
-        unknown = [m for m in self.metric_names() if m not in valid]
+        unknown = [m for m in self.metric_names() if not is_metric_for(m, self.task_type)]
         if unknown:
-            problems.append(f"metrics: {unknown} are not available for {self.task_type}; expected some of {valid}")
+            problems.append(f"metrics: {unknown} are not available for {self.task_type}; expected some of "
+                            f"{metric_syntax(self.task_type)}")
+        self._check_ranking(problems)
         for i, g in enumerate(self.gates):
             if g.metric not in self.metric_names():
                 problems.append(f"gates.{i}.metric: gates use metrics [{g.metric!r}] that are not in 'metrics' "
@@ -427,6 +453,39 @@ class EvalSpec(_Strict):
         if self.task_type == "multiclass_classification" and not self.model.classes:
             problems.append("model.classes: required for multiclass_classification (the order of the probability "
                             "columns)")
+
+    def _check_ranking(self, problems: list[str]) -> None:
+        ranking = self.task_type == "ranking"
+        if ranking and not self.columns.query:
+            problems.append("columns.query: required for task_type ranking (the query id column: one row per query "
+                            "and document, metrics are computed per query)")
+        if not ranking and self.columns.query:
+            problems.append(f"columns.query: only for task_type ranking (this task is {self.task_type})")
+        if not ranking and self.ranking is not None:
+            problems.append(f"ranking: only for task_type ranking (this task is {self.task_type})")
+
+    def engine_task_options(self) -> dict:
+        """Keyword arguments of ``engine.evaluate`` that only some task types take (ranking: the query column,
+        relevance_min, no_relevant); empty for the others."""
+        if self.task_type != "ranking":
+            return {}
+        r = self.ranking or RankingSpec()
+        return {"query": self.columns.query, "relevance_min": r.relevance_min, "no_relevant": r.no_relevant}
+
+    def _check_robustness(self, problems: list[str]) -> None:
+        rob = self.robustness
+        if rob is None:
+            return
+        for i, p in enumerate(rob.perturbations):
+            bad = [c for c in p.columns if c not in self.columns.features]
+            if bad:
+                problems.append(f"robustness.perturbations.{i}.columns: {bad} are not in columns.features "
+                                f"{list(self.columns.features)}; only model inputs can be perturbed")
+        for i, g in enumerate(rob.gates):
+            if g.metric not in self.metric_names():
+                problems.append(f"robustness.gates.{i}.metric: {g.metric!r} is not in 'metrics' {self.metric_names()}")
+        if rob.perturbations and not self.columns.features:
+            problems.append("robustness: perturbations re-score the model on its inputs; list columns.features")
 
     def single_slice_columns(self) -> list[str]:
         """Columns with one slice per value: slices.columns, plus binned columns listed nowhere else (the engine)."""
@@ -523,6 +582,8 @@ class EvalSpec(_Strict):
         cols = [self.columns.id, self.columns.label]
         if self.columns.timestamp:
             cols.append(self.columns.timestamp)
+        if self.columns.query:
+            cols.append(self.columns.query)
         extra = list(self.columns.features) + self.slice_columns()
         if self.drift.enabled:
             extra += self.drift_columns()
@@ -543,7 +604,11 @@ class EvalSpec(_Strict):
 
     def canonical_json(self) -> str:
         # alerts say who is told, not what is decided: changing a webhook must not change the evidence or its hash
-        return json.dumps(self.model_dump(mode="json", exclude={"alerts"}), sort_keys=True, separators=(",", ":"))
+        dump = self.model_dump(mode="json", exclude={"alerts"})
+        for section in OPTIONAL_SECTIONS:  # a spec without a newer section hashes as it did before it existed
+            if dump.get(section, 0) is None:
+                del dump[section]
+        return json.dumps(dump, sort_keys=True, separators=(",", ":"))
 
     def spec_hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
