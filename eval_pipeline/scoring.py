@@ -12,15 +12,19 @@ Output: ``predictions/<task>/<snapshot_id>/<model>/<version>.parquet`` with the 
 snapshot order, one row per evaluation row. It is re-used when the same snapshot and artifact hash were scored before.
 """
 
+import contextlib
+import hashlib
 import io
 import itertools
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .lake import Lake
 from .registry import ModelManifest, Registry, RegistryError
@@ -188,9 +192,18 @@ def predictions_path(spec: EvalSpec, snapshot: Snapshot, manifest: ModelManifest
     return f"predictions/{spec.task}/{snapshot.snapshot_id}/{manifest.name}/{manifest.version}.parquet"
 
 
+# A predictions file with at least this many rows is joined to the evaluation rows on disk (external_join), in
+# bounded memory; smaller ones are looked up in memory (whole file in pandas: ~100 bytes per row). Same bytes out.
+EXTERNAL_JOIN_ROWS = 2_000_000
+COPY_CHUNK = 8 << 20
+
+
 def score_model(lake: Lake, registry: Registry, spec: EvalSpec, snapshot: Snapshot, manifest: ModelManifest,
-                trusted_types: list[str] | None = None) -> dict:
-    """Score one model version on the evaluation rows; returns a summary (path, rows, cached, seconds)."""
+                trusted_types: list[str] | None = None, *, external_join: bool | None = None) -> dict:
+    """Score one model version on the evaluation rows; returns a summary (path, rows, cached, seconds).
+
+    ``external_join``: for a predictions-flavor model, join on disk (True), in memory (False), or by the file's size
+    (None: on disk from EXTERNAL_JOIN_ROWS rows). The output's bytes do not depend on it."""
     import time
 
     out_rel = predictions_path(spec, snapshot, manifest)
@@ -207,13 +220,29 @@ def score_model(lake: Lake, registry: Registry, spec: EvalSpec, snapshot: Snapsh
         raise ScoringError(f"model {manifest.ref} ({manifest.flavor}) needs input columns, but spec '{spec.task}' "
                            f"lists no columns.features; list the model's features (only a predictions-flavor model "
                            f"needs none)")
-    loaded = load_model(registry, manifest, trusted_types_for(spec, trusted_types))
     cols = score_columns(spec)
     id_col = spec.columns.id
-    schema = None
+    with contextlib.ExitStack() as stack:
+        if manifest.flavor == "predictions":
+            scores = _prediction_scorer(stack, lake, registry, spec, snapshot, manifest, cols, external_join)
+        else:
+            loaded = load_model(registry, manifest, trusted_types_for(spec, trusted_types))
+            features = list(spec.columns.features)
+            scores = lambda batch, frame: _predict_batch(loaded, frame[features], spec)  # noqa: E731
+        needed = [id_col] + ([] if manifest.flavor == "predictions" else list(spec.columns.features))
+        rows = _write_predictions(lake, spec, snapshot, manifest, cols, needed, scores, out_rel, meta_rel)
+    meta = {"model": manifest.name, "version": manifest.version, "sha256": manifest.sha256,
+            "flavor": manifest.flavor, "snapshot_id": snapshot.snapshot_id, "rows": rows,
+            "path": out_rel, "score_columns": cols, "inputs": inputs}
+    lake.write_json(meta_rel, meta)
+    return {**meta, "cached": False, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _write_predictions(lake: Lake, spec: EvalSpec, snapshot: Snapshot, manifest: ModelManifest, cols: list[str],
+                       needed: list[str], scores, out_rel: str, meta_rel: str) -> int:
+    """Stream the evaluation rows, score each batch with ``scores(batch, frame)``, write the predictions file."""
+    id_col = spec.columns.id
     rows = 0
-    needed = [id_col] + ([] if manifest.flavor == "predictions" else list(spec.columns.features))
-    lookup = _prediction_lookup(loaded, spec, cols) if manifest.flavor == "predictions" else None
     batches = eval_rows(lake, snapshot, spec, needed, batch_size=spec.model.batch_size)
     first = next(batches, None)
     if first is None:  # checked before the writer opens: an empty window must not replace a good file
@@ -223,27 +252,89 @@ def score_model(lake: Lake, registry: Registry, spec: EvalSpec, snapshot: Snapsh
     with lake.parquet_writer(out_rel, _schema(spec, cols, snapshot)) as writer:
         for batch in itertools.chain([first], batches):
             frame = batch.to_pandas()
-            ids = frame[id_col].to_numpy()
-            if lookup is not None:
-                values = _lookup_scores(lookup, frame[id_col], manifest.ref, id_col)
-            else:
-                values = _predict_batch(loaded, frame[list(spec.columns.features)], spec)
-            _check_scores(values, ids, spec, manifest.ref)
+            values = scores(batch, frame)
+            _check_scores(values, frame[id_col].to_numpy(), spec, manifest.ref)
             data = {id_col: batch.column(id_col)}
             if values.ndim == 1:
                 data[cols[0]] = pa.array(values, pa.float64())
             else:
                 for j, c in enumerate(cols):
                     data[c] = pa.array(values[:, j], pa.float64())
-            table = pa.table(data)
-            schema = schema or table.schema
-            writer.write_table(table.cast(writer.schema))
+            writer.write_table(pa.table(data).cast(writer.schema))
             rows += len(frame)
-    meta = {"model": manifest.name, "version": manifest.version, "sha256": manifest.sha256,
-            "flavor": manifest.flavor, "snapshot_id": snapshot.snapshot_id, "rows": rows,
-            "path": out_rel, "score_columns": cols, "inputs": inputs}
-    lake.write_json(meta_rel, meta)
-    return {**meta, "cached": False, "seconds": round(time.perf_counter() - started, 3)}
+    return rows
+
+
+def _prediction_scorer(stack: contextlib.ExitStack, lake: Lake, registry: Registry, spec: EvalSpec,
+                       snapshot: Snapshot, manifest: ModelManifest, cols: list[str], external: bool | None):
+    """``scores(batch, frame)`` for a predictions-flavor model: the file is copied out of the lake while its sha256
+    is checked (never whole in memory), then looked up in memory (small files) or joined on disk (large ones)."""
+    from . import external_join as xj
+
+    tmp = stack.enter_context(xj.new_workdir())
+    local = _verified_copy(registry, manifest, tmp)
+    try:
+        pf = pq.ParquetFile(local)
+    except Exception as exc:  # noqa: BLE001
+        raise ScoringError(f"model {manifest.ref}: predictions file is not readable parquet: {exc}") from None
+    id_col = spec.columns.id
+    file_id = manifest.id_column or id_col
+    score_cols = manifest.score_columns or cols
+    if external is None:
+        external = pf.metadata.num_rows >= EXTERNAL_JOIN_ROWS
+    if not external:
+        try:
+            frame = pd.read_parquet(local)
+        except Exception as exc:  # noqa: BLE001
+            raise ScoringError(f"model {manifest.ref}: predictions file is not readable parquet: {exc}") from None
+        lookup = _prediction_lookup(LoadedModel(manifest, predictions=frame), spec, cols)
+        del frame
+        return lambda batch, frame: _lookup_scores(lookup, frame[id_col], manifest.ref, id_col)
+    have = _frame_columns(pf)
+    missing = [c for c in [file_id, *score_cols] if c not in have]
+    if missing:
+        raise ScoringError(f"model {manifest.ref}: predictions file lacks column(s) {missing} (has {have})")
+    ids = (b.column(0) for b in eval_rows(registry.lake, snapshot, spec, [id_col], batch_size=xj.READ_ROWS))
+    joined, dups = xj.join_predictions(local, file_id, score_cols, ids, _schema(spec, cols, snapshot).field(id_col).type,
+                                       int(snapshot.manifest.get("rows") or 0), tmp)
+    if dups.count:
+        raise ScoringError(f"model {manifest.ref}: predictions file has {dups.count} duplicate id(s), e.g. "
+                           f"{file_id}={_show(dups.first_id)}; expected one score per row")
+    return lambda batch, frame: _joined_scores(joined, frame[id_col], manifest.ref, id_col)
+
+
+def _joined_scores(joined, ids: pd.Series, ref: str, id_col: str) -> np.ndarray:
+    values, found = joined.take(len(ids))
+    if not found.all():  # the in-memory lookup's error, word for word
+        raise ScoringError(f"model {ref}: predictions do not cover the dataset: {int((~found).sum())} of {len(ids)} "
+                           f"row ids in this batch have no score, e.g. {id_col}={_show(ids.iloc[int(np.flatnonzero(~found)[0])])}")
+    return values[:, 0] if values.shape[1] == 1 else values
+
+
+def _frame_columns(pf: pq.ParquetFile) -> list[str]:
+    """The columns pandas would show for the file (its stored index columns become the index, not columns)."""
+    meta = pf.schema_arrow.pandas_metadata or {}
+    index = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+    return [c for c in pf.schema_arrow.names if c not in index]
+
+
+def _verified_copy(registry: Registry, manifest: ModelManifest, folder: str) -> str:
+    """Copy the artifact to a local file in ``folder`` in chunks, hashing as it goes; refuse it (the registry's own
+    words) unless its sha256 is the pinned one. Reading the local copy afterwards cannot see another version."""
+    rel = registry.artifact_path(manifest)
+    local = os.path.join(folder, "artifact.parquet")
+    digest = hashlib.sha256()
+    try:
+        with registry.lake.open(rel, "rb") as src, open(local, "wb") as dst:
+            while chunk := src.read(COPY_CHUNK):
+                digest.update(chunk)
+                dst.write(chunk)
+    except FileNotFoundError:
+        raise RegistryError(f"model {manifest.ref}: artifact {registry.lake.uri(rel)} is missing") from None
+    if digest.hexdigest() != manifest.sha256:
+        raise RegistryError(f"model {manifest.ref}: artifact {registry.lake.uri(rel)} has sha256 {digest.hexdigest()}, "
+                            f"but the manifest pins {manifest.sha256}; refusing to load it")
+    return local
 
 
 def _scoring_inputs(spec: EvalSpec, manifest: ModelManifest) -> dict:
