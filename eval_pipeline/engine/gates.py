@@ -80,6 +80,10 @@ import numpy as np
 from .config import GateDef
 from .errors import EngineInputError
 from .catalogue import METRICS
+from .fairness import FAIRNESS_METRICS
+
+# fairness disparities (engine/fairness.py) are gated like metrics: their direction and range come from here
+_INFO = {**METRICS, **FAIRNESS_METRICS}
 
 OUTCOMES = ("PASS", "FAIL", "INCONCLUSIVE")
 MULTIPLICITY = ("holm", "bh", "none")
@@ -171,7 +175,8 @@ def check_resolution(k_rows: int, alpha: float, n_boot: int, multiplicity: str =
 # ---------------------------------------------------------------------------------------------------- gate rows
 
 def _targets(result, g: GateDef) -> list[str]:
-    names = [s["slice"] for s in result.slices]
+    every = [s["slice"] for s in result.slices]
+    names = [s["slice"] for s in result.slices if not s.get("fairness")]  # a fairness slice is named, never "all"
     spec = g.slices
     if spec == "overall":
         return ["overall"]
@@ -181,7 +186,7 @@ def _targets(result, g: GateDef) -> list[str]:
         spec = [spec]
     out = []
     for t in spec:
-        if t in names:
+        if t in every:
             out.append(t)
             continue
         cols = [c.strip() for c in t.replace(" x ", " & ").split(" & ")]
@@ -230,7 +235,7 @@ def _expand(result, gates, power=None):
                                                                           else result.candidate)
     rows, tests = [], []
     for g in gates:
-        info = METRICS[g.metric]
+        info = _INFO[g.metric]
         hib = info.higher_is_better
         name = g.name or f"{g.kind}:{g.metric}"
         for sname in _targets(result, g):
@@ -394,7 +399,7 @@ def _power_figures(t: _Test, row: dict, lev_pass: float, lev_fail: float, power:
     mde = (_z(1.0 - lev_pass) + zp) * se
     m = row["metric"]
     if row["kind"] == "non_inferiority":
-        if METRICS[m].higher_is_better:
+        if _INFO[m].higher_is_better:
             need_txt = f"a true delta ≥ -margin + MDE = {-row['margin'] + mde:.4g}"
         else:
             need_txt = f"a true delta ≤ margin - MDE = {row['margin'] - mde:.4g}"
@@ -429,7 +434,7 @@ def _decide(t: _Test, row: dict, passed: bool, failed: bool, lev_pass: float, le
     """Fill one testable row's outcome, interval, p-value, rule and power figures from its multiplicity decisions."""
     p_pass, p_fail, reps = t.p_pass, t.p_fail, t.reps
     g_kind = row["kind"]
-    info = METRICS[row["metric"]]
+    info = _INFO[row["metric"]]
     a = lev_pass
     lo, hi = _q(reps, a), _q(reps, 1 - a)
     row["ci"] = [lo, hi]
