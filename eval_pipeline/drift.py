@@ -134,12 +134,22 @@ class DriftResult:
     html_sample: dict | None = None
     html: str = field(repr=False, default="")
     evidently_result: dict = field(repr=False, default_factory=dict)
+    streaming: dict | None = None  # how a snapshot's windows were streamed (eval_pipeline.drift_stream)
+    stored: dict | None = field(repr=False, default=None)  # the drift JSON this result was read back from
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DriftResult":
+        """A result read back from its drift JSON (:meth:`to_dict` returns that JSON unchanged; no HTML)."""
+        names = {f for f in cls.__dataclass_fields__} - {"html", "evidently_result", "stored"}
+        return cls(**{k: d.get(k) for k in names if k in d}, stored=d)
 
     def drifted_columns(self) -> list[str]:
         return [c["column"] for c in self.columns if c["drifted"]]
 
     def to_dict(self) -> dict:
         """JSON-safe and deterministic; no HTML."""
+        if self.stored is not None:
+            return self.stored
         import evidently
 
         return _jsonable(
@@ -162,7 +172,11 @@ class DriftResult:
                 "slices": self.slices,
                 "html_sample": self.html_sample,
                 "engine": {"evidently": evidently.__version__,
-                           "methods": "evidently.legacy.calculations.stattests, each column scored once on all rows"},
+                           "methods": "evidently.legacy.calculations.stattests, each column scored once on all rows"
+                           if self.streaming is None or self.streaming.get("all_rows") else
+                           "evidently.legacy.calculations.stattests; count-based methods from counts of all rows, "
+                           "the others on the stated row sample (each column's sample_method)"},
+                **({"streaming": self.streaming} if self.streaming is not None else {}),
             }
         )
 
@@ -273,25 +287,38 @@ def _finish(row: dict) -> dict:
 
 
 # -- slices ----------------------------------------------------------------------------------------------------------
+def _score_all(cols, method, threshold, n_jobs, where=None) -> list[dict]:
+    """Every column on all the rows it has (``where``: the slice, for :class:`drift_stream.ExactCounts`)."""
+    return score_columns(cols, method, threshold, n_jobs)
+
+
 def _slice_drift(ref: pd.DataFrame, cur: pd.DataFrame, slice_col: str, prepared: dict[str, PreparedColumn],
-                 *, method, threshold, drift_share, max_values, min_rows, n_jobs) -> dict:
+                 *, method, threshold, drift_share, max_values, min_rows, n_jobs, exact=None) -> dict:
     codes = prepare_column(slice_col, ref[slice_col], cur[slice_col], CATEGORICAL)
-    n_codes = len(codes.labels)
-    r_counts = np.bincount(codes.reference[codes.reference >= 0], minlength=n_codes)
-    c_counts = np.bincount(codes.current[codes.current >= 0], minlength=n_codes)
+    counted = exact.slice_values(slice_col) if exact is not None else None
+    if counted is None:
+        labels = codes.labels
+        r_counts = np.bincount(codes.reference[codes.reference >= 0], minlength=len(labels))
+        c_counts = np.bincount(codes.current[codes.current >= 0], minlength=len(labels))
+    else:  # slice sizes from counts of all rows; the rows below from the sample
+        labels, r_counts, c_counts = counted
+    code_of = {v: i for i, v in enumerate(codes.labels)}
+    score = exact.score if exact is not None else _score_all
     # most frequent over both windows first; ties by value (codes follow the sorted values)
-    order = sorted(range(n_codes), key=lambda i: (-(int(r_counts[i]) + int(c_counts[i])), i))
+    order = sorted(range(len(labels)), key=lambda i: (-(int(r_counts[i]) + int(c_counts[i])), i))
     kept, dropped = order[:max_values], order[max_values:]
     cols = [c for c in prepared if c != slice_col]
     values, too_small = [], []
     for i in kept:
-        label = _jsonable(codes.labels[i])
+        label = _jsonable(labels[i])
         n_r, n_c = int(r_counts[i]), int(c_counts[i])
         if min(n_r, n_c) < min_rows or not cols:
             too_small.append({"value": label, "reference_rows": n_r, "current_rows": n_c})
             continue
-        r_idx, c_idx = np.flatnonzero(codes.reference == i), np.flatnonzero(codes.current == i)
-        rows = score_columns([prepared[c].take(r_idx, c_idx) for c in cols], method, threshold, n_jobs)
+        j = code_of.get(labels[i], -2)
+        r_idx, c_idx = np.flatnonzero(codes.reference == j), np.flatnonzero(codes.current == j)
+        rows = score([prepared[c].take(r_idx, c_idx) for c in cols], method, threshold, n_jobs,
+                     where=(slice_col, labels[i]))
         scored = [r for r in rows if r["score"] is not None]
         n_drifted = sum(r["drifted"] for r in scored)
         share = n_drifted / len(scored) if scored else 0.0
@@ -300,7 +327,9 @@ def _slice_drift(ref: pd.DataFrame, cur: pd.DataFrame, slice_col: str, prepared:
             "n_drifted": n_drifted, "share_drifted": share, "dataset_drift": bool(scored) and share >= drift_share,
             "drifted_columns": [r["column"] for r in scored if r["drifted"]],
             "scores": {r["column"]: {"method_id": r["method_id"], "score": r["score"], "drifted": r["drifted"],
-                                     **({"error": r["error"]} if "error" in r else {})} for r in rows},
+                                     **({"error": r["error"]} if "error" in r else {}),
+                                     **({"sample_method": r["sample_method"]} if "sample_method" in r else {})}
+                       for r in rows},
         })
     return {"column": slice_col, "max_values": max_values, "min_rows": min_rows, "values": values,
             "too_small": too_small, "values_dropped": len(dropped)}
@@ -399,8 +428,13 @@ def _check_inputs(reference, current, columns, extra_needed, categorical, method
     return categorical
 
 
-def _check_prepared(prepared: dict, columns: list, method, title: str) -> None:
+def _check_prepared(prepared: dict, columns: list, method, title: str, exact=None) -> None:
     for c, col in prepared.items():
+        if exact is not None:  # counts of all rows; the sample may miss a column's few values
+            side = exact.missing_side(c)
+            if side:
+                raise ValueError(f"{title}: column {c!r} has no non-null values in the {side} data")
+            continue
         for side, arr in (("reference", col.reference), ("current", col.current)):
             has_value = (~np.isnan(arr)).any() if col.kind == NUMERIC else (arr >= 0).any()
             if not has_value:
@@ -417,7 +451,7 @@ def _check_prepared(prepared: dict, columns: list, method, title: str) -> None:
             )
 
 
-def _score_extras(ref_s, cur_s, predictions: dict, label_column, label_kind, n_jobs):
+def _score_extras(ref_s, cur_s, predictions: dict, label_column, label_kind, n_jobs, score=_score_all):
     """Prediction and label drift with Evidently's default method (the spec's method is for the features)."""
     extra: dict[str, PreparedColumn] = {}
     pred_kinds = {col: (NUMERIC if _is_numeric(ref_s[col]) and _is_numeric(cur_s[col]) else CATEGORICAL)
@@ -427,7 +461,7 @@ def _score_extras(ref_s, cur_s, predictions: dict, label_column, label_kind, n_j
         forced = {label_column: label_kind} if label_kind else None
         extra.update(_prepare_all(ref_s, cur_s, [label_column], None, forced=forced))
     extra_cols = [c for c in dict.fromkeys(list(predictions.values()) + ([label_column] if label_column else []))]
-    extra_rows = {r["column"]: _finish(r) for r in score_columns([extra[c] for c in extra_cols], None, None, n_jobs)}
+    extra_rows = {r["column"]: _finish(r) for r in score([extra[c] for c in extra_cols], None, None, n_jobs)}
     prediction_drift = [{"model": m, **extra_rows[col]} for m, col in predictions.items()]
     label_drift = extra_rows[label_column] if label_column else None
     return extra, extra_cols, prediction_drift, label_drift
@@ -440,7 +474,7 @@ def compute_drift(reference: pd.DataFrame, current: pd.DataFrame, *, columns: li
                   label_column: str | None = None, label_kind: str | None = None,
                   slice_columns: Sequence[str] | None = None, slice_max_values: int = 50, slice_min_rows: int = 300,
                   html: bool = True, html_max_rows: int | None = DEFAULT_HTML_MAX_ROWS,
-                  n_jobs: int | None = None) -> DriftResult:
+                  n_jobs: int | None = None, exact=None) -> DriftResult:
     """Drift of ``current`` against ``reference``: per column, per model's scores, of the label and per slice.
 
     Each column is scored once, on all rows, by the Evidently 0.7 method ``DataDriftPreset`` would use
@@ -483,6 +517,9 @@ def compute_drift(reference: pd.DataFrame, current: pd.DataFrame, *, columns: li
     html : bool, default True
         Build Evidently's interactive HTML report on a sample of at most ``html_max_rows`` rows per window (``None``:
         all rows, slow: Evidently's preset). ``n_jobs``: threads for the column scores (default: up to 2).
+    exact : eval_pipeline.drift_stream.ExactCounts, optional
+        The frames are a row sample of larger windows: kinds, method choice, slice sizes and count-based scores
+        come from this object's counts of all rows (see :mod:`eval_pipeline.drift_stream`).
 
     Returns
     -------
@@ -525,19 +562,20 @@ def compute_drift(reference: pd.DataFrame, current: pd.DataFrame, *, columns: li
     cur_s = _sample(current[needed], max_rows, seed)
     sampled = len(ref_s) < len(reference) or len(cur_s) < len(current)
 
-    prepared = _prepare_all(ref_s, cur_s, columns, categorical)
-    _check_prepared(prepared, columns, method, title)
+    prepared = _prepare_all(ref_s, cur_s, columns, categorical, forced=exact.kinds if exact is not None else None)
+    _check_prepared(prepared, columns, method, title, exact)
+    score = exact.score if exact is not None else _score_all
 
-    rows = [_finish(r) for r in score_columns([prepared[c] for c in columns], method, threshold, n_jobs)]
+    rows = [_finish(r) for r in score([prepared[c] for c in columns], method, threshold, n_jobs)]
     n_drifted = sum(r["drifted"] for r in rows)
     share = n_drifted / len(rows)
 
     extra, extra_cols, prediction_drift, label_drift = _score_extras(ref_s, cur_s, predictions, label_column,
-                                                                      label_kind, n_jobs)
+                                                                      label_kind, n_jobs, score)
 
     slices = [
         _slice_drift(ref_s, cur_s, s, prepared, method=method, threshold=threshold, drift_share=drift_share,
-                     max_values=slice_max_values, min_rows=slice_min_rows, n_jobs=n_jobs)
+                     max_values=slice_max_values, min_rows=slice_min_rows, n_jobs=n_jobs, exact=exact)
         for s in slice_columns
     ]
     html_str, html_sample, ev = "", None, {}

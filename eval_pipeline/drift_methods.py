@@ -196,8 +196,10 @@ def choose_default_method(kind: str, reference_rows: int, n_values: Callable[[in
     return "jensenshannon"
 
 
-def score_column(col: PreparedColumn, method: str | None = None, threshold: float | None = None) -> dict:
-    """Drift of one prepared column with Evidently's own stattest; ``method=None``: Evidently's default choice.
+def score_column(col: PreparedColumn, method: str | None = None, threshold: float | None = None,
+                 chosen: str | None = None) -> dict:
+    """Drift of one prepared column with Evidently's own stattest; ``method=None``: Evidently's default choice
+    (``chosen``: that choice made already, from counts of all rows, when the column is a sample of them).
 
     Returns ``{"column", "kind", "method_id", "method", "score", "threshold", "drifted", "reference_rows",
     "current_rows"}`` (rows: non-missing values scored). A side with no value left gives ``score=None``,
@@ -214,7 +216,7 @@ def score_column(col: PreparedColumn, method: str | None = None, threshold: floa
     if method is None:
         # Evidently calls the chosen StatTest object itself, whatever its declared feature types (a numeric column
         # with <= 5 values and a small reference gets the chi-square / Z test), so the object is taken by name here.
-        name = choose_default_method(col.kind, len(ref), lambda cap: _n_distinct_upto(ref, cur, cap))
+        name = chosen or choose_default_method(col.kind, len(ref), lambda cap: _n_distinct_upto(ref, cur, cap))
         test = _DEFAULT_TESTS[name](stattests)
     else:
         test = get_registered_stattest(method, ctype)
@@ -228,13 +230,14 @@ def score_column(col: PreparedColumn, method: str | None = None, threshold: floa
 
 
 def score_columns(cols: Sequence[PreparedColumn], method: str | None = None, threshold: float | None = None,
-                  n_jobs: int | None = None) -> list[dict]:
+                  n_jobs: int | None = None, chosen: Sequence[str | None] | None = None) -> list[dict]:
     """:func:`score_column` for each column, in order; on up to ``n_jobs`` threads (default: up to 2 CPUs) when
-    the method is thread-safe (every default method is)."""
+    the method is thread-safe (every default method is). ``chosen``: per column, see :func:`score_column`."""
     if n_jobs is None:
         n_jobs = min(2, os.cpu_count() or 1)
+    chosen = list(chosen) if chosen is not None else [None] * len(cols)
     if n_jobs <= 1 or len(cols) <= 1 or (method is not None and method not in _THREAD_SAFE):
-        return [score_column(c, method, threshold) for c in cols]
+        return [score_column(c, method, threshold, ch) for c, ch in zip(cols, chosen)]
     _stattests()  # import once, before the threads
     with ThreadPoolExecutor(max_workers=n_jobs) as pool:
-        return list(pool.map(lambda c: score_column(c, method, threshold), cols))
+        return list(pool.map(lambda a: score_column(a[0], method, threshold, a[1]), zip(cols, chosen)))

@@ -141,29 +141,18 @@ def drift_paths(ctx: TaskContext, snap: Snapshot) -> tuple[str, str]:
 
 
 def drift(ctx: TaskContext, snap: Snapshot):
-    from .drift import compute_drift
+    """The snapshot's drift (features, label, slices), streamed in bounded memory (:mod:`eval_pipeline.drift_stream`):
+    ``drift.json`` and ``drift.html``. Returns the stored result unchanged when ``drift.json`` of this snapshot was
+    made by the same drift config (its ``streaming.config_hash``)."""
+    from .drift_stream import load_current, stream_drift
 
-    spec = ctx.spec
-    cols = spec.drift_columns()
-    # all rows are scored; also the label (label drift) and the slice columns (drift per slice)
-    read = list(dict.fromkeys(cols + [spec.columns.label] + list(spec.slices.columns)))
-    reference = read_window(ctx.lake, snap, spec, read, spec.drift.reference)
-    current = read_window(ctx.lake, snap, spec, read, spec.drift.current)
-    if reference.empty or current.empty:
-        side = "reference" if reference.empty else "current"
-        raise DataError(f"task '{spec.task}': the drift {side} window has no rows in snapshot {snap.snapshot_id} "
-                        f"(time range {snap.manifest.get('time_range')}); adjust drift.{side}")
-    categorical = list(spec.columns.categorical) or None
-    result = compute_drift(reference, current, columns=cols, categorical=categorical, method=spec.drift.method,
-                           threshold=spec.drift.threshold, drift_share=spec.drift.drift_share, max_rows=None,
-                           html_max_rows=min(spec.drift.max_rows, 20_000), seed=spec.evaluation.seed,
-                           label_column=spec.columns.label,
-                           label_kind="numeric" if spec.task_type == "regression" else "categorical",
-                           slice_columns=list(spec.slices.columns), slice_max_values=spec.slices.max_values,
-                           slice_min_rows=spec.slices.min_size, title=f"{spec.task}: drift, reference vs current")
     json_rel, html_rel = drift_paths(ctx, snap)
-    ctx.lake.write_json(json_rel, result.to_dict())
+    stored = load_current(ctx.lake, json_rel, html_rel, ctx.spec)
+    if stored is not None:
+        return stored
+    result = stream_drift(ctx.lake, snap, ctx.spec)
     ctx.lake.write_text(html_rel, result.html)
+    ctx.lake.write_json(json_rel, result.to_dict())  # last: a complete pair, whose JSON says which config made it
     return result
 
 
