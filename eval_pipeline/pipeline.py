@@ -334,30 +334,15 @@ def evidence_paths(folder: str) -> dict:
 
 # -- metrics and gates -----------------------------------------------------------------------------------------------
 def _engine_batches(ctx: TaskContext, snap: Snapshot, roles: dict[str, ModelManifest]):
-    """Evaluation rows joined with each role's predictions, streamed in snapshot order."""
-    spec = ctx.spec
-    cols = score_columns(spec)
-    preds = {}
-    for role, manifest in roles.items():
-        rel = predictions_path(spec, snap, manifest)
-        if not ctx.lake.exists(rel):
-            raise EvaluationError(f"model {manifest.ref} has not been scored on snapshot {snap.snapshot_id}")
-        preds[role] = ctx.lake.parquet_file(rel).read()
-    base_cols = list(dict.fromkeys([spec.columns.id, spec.columns.label] + spec.slice_columns()))
-    offset = 0
-    for batch in eval_rows(ctx.lake, snap, spec, base_cols):
-        n = batch.num_rows
-        frame = batch.to_pandas()
-        ids = batch.column(spec.columns.id)
-        for role, table in preds.items():
-            part = table.slice(offset, n)
-            if part.num_rows != n or not part.column(spec.columns.id).combine_chunks().equals(ids):
-                raise EvaluationError(f"predictions of {roles[role].ref} are out of step with snapshot "
-                                      f"{snap.snapshot_id} at row {offset}; re-score the model")
-            for c in cols:
-                frame[f"{role}__{c}"] = part.column(c).to_numpy()
-        offset += n
-        yield frame
+    """Evaluation rows joined with each role's predictions, streamed in snapshot order: every predictions file is
+    read in lockstep with the snapshot's batches (bounded memory). The per-shard reader is
+    ``evaluation_shards.shard_reader`` (what ``compute_metrics`` hands to a Dask cluster)."""
+    from .evaluation_shards import ShardError, shard_reader
+
+    try:
+        yield from shard_reader(ctx.lake, ctx.spec, snap, roles)()
+    except ShardError as exc:
+        raise EvaluationError(str(exc)) from None
 
 
 def _role_columns(spec: EvalSpec, role: str):
@@ -371,7 +356,11 @@ def compute_metrics(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dic
     Gates are decided here, next to the bootstrap replicates they need (replicates are large and are not
     persisted). A complete evidence set for these inputs already exists: nothing is recomputed or rewritten.
     """
+    from .dask_backend import backend_from_settings
     from .engine import SliceConfig, apply_gates, evaluate
+    from .engine.shards import evaluate_shards
+    from .evaluation_shards import ShardError, count_rows, shard_reader, snapshot_shards, spill_arguments
+    from .settings import load_settings
 
     folder = evaluation_dir(ctx, inputs)
     if evidence_complete(ctx, inputs):
@@ -381,14 +370,29 @@ def compute_metrics(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dic
     gates = _gate_defs(ctx, inputs)
     roles = {"candidate": candidate} | ({"baseline": baseline} if baseline else {})
     s = spec.slices
-    result = evaluate(
-        _engine_batches(ctx, snap, roles), task_type=spec.task_type, label=spec.columns.label,
+    args = dict(
+        task_type=spec.task_type, label=spec.columns.label,
         predictions={role: _role_columns(spec, role) for role in roles},
         slices=SliceConfig(**s.engine_kwargs(SliceConfig)),  # incl. slices.min_positives / min_negatives
         metrics=spec.metric_names(), threshold=spec.model.threshold, classes=spec.model.classes,
         top_k=spec.model.top_k, ece_bins=spec.evaluation.ece_bins, n_boot=spec.evaluation.bootstrap_replicates,
         seed=spec.evaluation.seed, confidence=spec.evaluation.confidence,
-        baseline="baseline" if baseline else None, candidate="candidate")
+        baseline="baseline" if baseline else None, candidate="candidate",
+        **spec.engine_task_options())  # ranking: the query column, relevance_min, no_relevant
+    # EVAL_DASK_ADDRESS: one Dask task per snapshot shard, merged and bootstrapped here (byte-identical result)
+    settings = load_settings(warn=False)
+    backend = backend_from_settings(settings)
+    try:
+        reader = shard_reader(ctx.lake, spec, snap, roles)
+        rows = count_rows(ctx.lake, reader.predictions["candidate"][0])
+        args |= spill_arguments(settings, spec.task_type, rows, remote=settings.dask_address not in (None, "local"))
+        if backend is None:
+            result = evaluate(reader(), **args)
+        else:
+            with backend:
+                result = evaluate_shards(snapshot_shards(ctx.lake, snap, spec), reader, backend, **args)
+    except ShardError as exc:
+        raise EvaluationError(str(exc)) from None
     report = apply_gates(result, gates, multiplicity=spec.evaluation.multiplicity)
     metrics = result.to_dict()
     # Members of the set before result.json; a crash here leaves an incomplete set that the next run redoes.
