@@ -17,6 +17,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_serializer, model_validator)
 from pydantic_core import InitErrorDetails
 
+from .fairness_spec import FairnessSpec
 from .robustness_spec import RobustnessSpec
 from .settings import DOTTED_NAME
 
@@ -40,7 +41,7 @@ DRIFT_CATEGORICAL_METHODS = ("chisquare", "fisher_exact", "g_test", "hellinger",
                              "TVD", "z")
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 # Sections added after specs were first hashed: when absent (None) they are left out of the hash (canonical_json).
-OPTIONAL_SECTIONS = ("robustness", "ranking")
+OPTIONAL_SECTIONS = ("robustness", "ranking", "fairness")
 
 
 class SpecError(ValueError):
@@ -369,6 +370,7 @@ class EvalSpec(_Strict):
     alerts: AlertsSpec = AlertsSpec()
     robustness: RobustnessSpec | None = None
     ranking: RankingSpec | None = None
+    fairness: FairnessSpec | None = None  # eval_pipeline/fairness_spec.py
 
     @field_validator("task")
     @classmethod
@@ -395,6 +397,7 @@ class EvalSpec(_Strict):
         self._check_gate_slices(problems)
         self._check_drift(problems)
         self._check_robustness(problems)
+        problems += self.fairness.problems(self) if self.fairness else []
         if not problems:
             self._check_gate_resolution(problems)
         if problems:
@@ -554,7 +557,7 @@ class EvalSpec(_Strict):
             targets = [g.slices] if isinstance(g.slices, str) else list(dict.fromkeys(g.slices))
             for t in targets:
                 k += 1 + n_groups if t == "all" else 1
-        return k
+        return k + (len(self.fairness.gates) if self.fairness else 0)  # one row per fairness gate
 
     def _check_gate_resolution(self, problems: list[str]) -> None:
         from .engine.gates import required_replicates  # the engine's rule: B + 1 >= k / alpha (alpha for 'none')
@@ -584,10 +587,14 @@ class EvalSpec(_Strict):
             cols.append(self.columns.timestamp)
         if self.columns.query:
             cols.append(self.columns.query)
-        extra = list(self.columns.features) + self.slice_columns()
+        extra = list(self.columns.features) + self.slice_columns() + self.fairness_columns()
         if self.drift.enabled:
             extra += self.drift_columns()
         return list(dict.fromkeys(cols + extra))
+
+    def fairness_columns(self) -> list[str]:
+        """The sensitive columns of the fairness section (none without one)."""
+        return list(self.fairness.sensitive) if self.fairness else []
 
     def metric_names(self) -> list[str]:
         return list(self.metrics) if self.metrics else list(DEFAULT_METRICS[self.task_type])
