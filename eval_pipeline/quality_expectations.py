@@ -396,8 +396,8 @@ def _extent(series: pd.Series) -> dict:
     values = series.dropna()
     if values.empty:
         return {"min": None, "max": None}
-    try:
-        return {"min": to_jsonsafe(values.min()), "max": to_jsonsafe(values.max())}
+    try:  # raw values (made JSON-safe with the rest of 'observed'): a batched run merges them
+        return {"min": values.min(), "max": values.max()}
     except (TypeError, ValueError):  # values that do not compare (mixed types): GX's counts say the rest
         return {}
 

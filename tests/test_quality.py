@@ -239,7 +239,7 @@ def test_spec_model_spellings(clean):
     assert s["evaluated_expectations"] == s["evaluated"] and s["successful_expectations"] == s["successful"]
     assert s["unsuccessful_expectations"] == s["failed"] == 1
     with pytest.raises(ValueError, match="unknown task_type"):
-        validate_dataset(df, **{**KW, "task_type": "ranking"})
+        validate_dataset(df, **{**KW, "task_type": "clustering"})
 
 
 # -- the typed spec and the expectation registry ----------------------------------------------------------------------
