@@ -28,7 +28,7 @@ from .drift_methods import _numeric_values
 from .snapshot import DataError, iter_rows
 
 __all__ = ["CATEGORY_CAP", "NUMERIC_VALUES_CAP", "SAMPLE_METHOD", "RowSample", "WindowSummary", "window_bounds",
-           "summarize_window", "histogram_counts", "row_hash"]
+           "summarize_window", "histogram_counts", "row_hash", "sample_window"]
 
 CATEGORY_CAP = 10_000
 """Distinct values counted per categorical column and window; a column with more is scored on the row sample."""
@@ -247,3 +247,21 @@ def histogram_counts(lake, snapshot, spec, window, edges: dict[str, np.ndarray],
             x = _numeric_values(frame[c])
             totals[c] += np.histogram(x[~np.isnan(x)], e)[0]
     return totals
+
+
+def sample_window(lake, snapshot, spec, window, columns: list[str], *, max_rows: int, seed: int,
+                  batch_size: int = 250_000) -> tuple[pd.DataFrame, int]:
+    """The window's :class:`RowSample` of ``columns`` as a frame (at most ``max_rows`` rows, snapshot order: the
+    whole window when it has no more) and the window's row count, streamed."""
+    start, end = window_bounds(snapshot, spec, window)
+    id_col = spec.columns.id
+    read = list(dict.fromkeys([id_col] + columns))
+    sample, position, schema = RowSample(max_rows), 0, None
+    for batch in iter_rows(lake, snapshot, read, timestamp=spec.columns.timestamp, start=start, end=end,
+                           batch_size=batch_size):
+        schema = batch.schema
+        sample.add(batch, row_hash(batch.column(id_col).to_pandas(), seed), position)
+        position += batch.num_rows
+    if schema is None:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns}), 0
+    return sample.table(schema).select(columns).to_pandas(), position

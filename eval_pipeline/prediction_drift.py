@@ -10,9 +10,12 @@ Notes
   predictions cover only the evaluation window. Here the run's pinned models (candidate, and the baseline when there
   is one) score the spec's drift windows (``drift.reference``, ``drift.current``) themselves, with the scoring
   module's own loading and batch prediction (``scoring.load_model``, ``_predict_batch``, ``shape_output``).
-* Rows: each window is read with the id and ``columns.features``; a window with more than ``drift.max_rows`` rows is
-  replaced by a seeded sample of ``drift.max_rows`` rows (seed ``evaluation.seed``, the same positions as
-  ``drift.compute_drift``'s ``max_rows`` sample); the JSON's ``sample`` states the sizes used and the totals.
+* Rows: each window is streamed with the id and ``columns.features`` into a row sample of at most
+  ``drift.max_rows`` rows (:func:`eval_pipeline.drift_summary.sample_window`: the rows with the smallest seeded hash
+  of the id, seed ``evaluation.seed``, the same rows as ``drift.json``'s sample; the whole window, in snapshot
+  order, when it has no more rows), so memory is bounded whatever the window's size; the JSON's ``sample`` states
+  the sizes used, the totals and the method. The scores are numeric and their default methods (normed Wasserstein,
+  K-S) need the values, so only the sampled rows are scored by the models.
 * Method: each score column is scored by Evidently's default method for one numeric column, with
   :mod:`eval_pipeline.drift_methods` via ``drift.py``'s prediction-drift code (the same rows as ``prediction_drift``
   in ``drift.json`` would have): reference <= 1000 rows: K-S (p-value); more: normed Wasserstein distance; a score
@@ -35,8 +38,9 @@ import numpy as np
 import pandas as pd
 
 from . import scoring
-from .drift import _jsonable, _sample, _score_extras
-from .snapshot import DataError, read_window
+from .drift import _jsonable, _score_extras
+from .drift_summary import SAMPLE_METHOD, sample_window
+from .snapshot import DataError
 
 log = logging.getLogger(__name__)
 
@@ -124,20 +128,19 @@ def write_prediction_drift(lake, registry, spec, snap, folder: str, roles: dict,
         lake.delete(rel)
         return None
     read = list(dict.fromkeys([spec.columns.id] + list(spec.columns.features)))
+    seed, max_rows = spec.evaluation.seed, spec.drift.max_rows
     try:
-        reference = read_window(lake, snap, spec, read, spec.drift.reference)
-        current = read_window(lake, snap, spec, read, spec.drift.current)
+        ref_s, n_ref = sample_window(lake, snap, spec, spec.drift.reference, read, max_rows=max_rows, seed=seed)
+        cur_s, n_cur = sample_window(lake, snap, spec, spec.drift.current, read, max_rows=max_rows, seed=seed)
     except DataError as exc:
         log.warning("prediction drift skipped (%s): %s", where, exc)
         lake.delete(rel)
         return None
-    if reference.empty or current.empty:
+    if ref_s.empty or cur_s.empty:
         log.info("prediction drift skipped (%s): the drift %s window has no rows", where,
-                 "reference" if reference.empty else "current")
+                 "reference" if ref_s.empty else "current")
         lake.delete(rel)
         return None
-    seed, max_rows = spec.evaluation.seed, spec.drift.max_rows
-    ref_s, cur_s = _sample(reference, max_rows, seed), _sample(current, max_rows, seed)
     out = compute_prediction_drift(ref_s, cur_s, roles, spec, trusted_types=trusted_types, registry=registry)
     result = _jsonable({
         "schema_version": 1,
@@ -147,8 +150,8 @@ def write_prediction_drift(lake, registry, spec, snap, folder: str, roles: dict,
         "windows": {"reference": spec.drift.reference.model_dump(mode="json"),
                     "current": spec.drift.current.model_dump(mode="json")},
         "sample": {"max_rows": max_rows, "seed": seed, "reference_rows": len(ref_s), "current_rows": len(cur_s),
-                   "reference_rows_total": len(reference), "current_rows_total": len(current),
-                   "sampled": len(ref_s) < len(reference) or len(cur_s) < len(current)},
+                   "reference_rows_total": n_ref, "current_rows_total": n_cur,
+                   "sampled": len(ref_s) < n_ref or len(cur_s) < n_cur, "method": SAMPLE_METHOD},
         "score_columns": scoring.score_columns(spec),
         "multiclass": "one row per class probability column" if spec.task_type == "multiclass_classification"
         else None,

@@ -20,6 +20,7 @@ from sklearn.preprocessing import OneHotEncoder
 
 from eval_pipeline import pipeline
 from eval_pipeline.lake import Lake
+from eval_pipeline.drift_summary import SAMPLE_METHOD
 from eval_pipeline.prediction_drift import RESULT_FILE
 from eval_pipeline.registry import Registry
 from eval_pipeline.report_html import _prediction_drift_part
@@ -78,7 +79,8 @@ def test_shifted_candidate_drifts_and_scores_equal_evidently(run):
     pd_ = run["pd"]
     ref, cur = _windows(run["frame"])
     assert pd_["sample"] == {"max_rows": 100_000, "seed": 0, "reference_rows": len(ref), "current_rows": len(cur),
-                             "reference_rows_total": len(ref), "current_rows_total": len(cur), "sampled": False}
+                             "reference_rows_total": len(ref), "current_rows_total": len(cur), "sampled": False,
+                             "method": SAMPLE_METHOD}
     assert len(ref) > 1000  # Evidently's default for a large numeric reference: normed Wasserstein
     rows = {m["role"]: m for m in pd_["models"]}
     assert set(rows) == {"candidate", "baseline"} and pd_["skipped"] == []
@@ -119,7 +121,8 @@ def test_sample_is_stated_and_uncovered_predictions_model_is_skipped(run):
     out = pipeline.prediction_drift(ctx, snap, inputs)
     ref, cur = _windows(frame)
     assert out["sample"] == {"max_rows": 300, "seed": 0, "reference_rows": 300, "current_rows": 300,
-                             "reference_rows_total": len(ref), "current_rows_total": len(cur), "sampled": True}
+                             "reference_rows_total": len(ref), "current_rows_total": len(cur), "sampled": True,
+                             "method": SAMPLE_METHOD}
     assert [m["role"] for m in out["models"]] == ["baseline"] and out["models"][0]["reference_rows"] == 300
     (skip,) = out["skipped"]
     assert skip["role"] == "candidate" and skip["model"] == f"{MODEL}@3" and "covers every row" in skip["reason"]
