@@ -123,7 +123,8 @@ class ShardReader:
     def __call__(self, shard: RowShard | None = None):
         spec = self.spec
         query = [spec.columns.query] if spec.columns.query else []  # ranking: rows are grouped by query
-        base_cols = list(dict.fromkeys([spec.columns.id, spec.columns.label] + query + spec.slice_columns()))
+        base_cols = list(dict.fromkeys([spec.columns.id, spec.columns.label] + query + spec.slice_columns()
+                                       + spec.fairness_columns()))  # the fairness pass reads the groups too
         start = 0 if shard is None else shard.row_offset
         streams = {role: _PredictionRows(self.lake, rel, [spec.columns.id] + self.score_columns, start)
                    for role, (rel, _) in self.predictions.items()}

@@ -411,10 +411,14 @@ def compute_metrics(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dic
         else:
             with backend:
                 result = evaluate_shards(snapshot_shards(ctx.lake, snap, spec), reader, backend, **args)
+        # fairness: per-group counts in their own streamed pass, gated with the metric gates (fairness_step.py)
+        from .fairness_step import add_fairness
+
+        gated, gates, fairness = add_fairness(spec, result, gates, reader, args["predictions"], baseline is not None)
     except ShardError as exc:
         raise EvaluationError(str(exc)) from None
-    report = apply_gates(result, gates, multiplicity=spec.evaluation.multiplicity)
-    metrics = result.to_dict()
+    report = apply_gates(gated, gates, multiplicity=spec.evaluation.multiplicity)
+    metrics = result.to_dict() | ({"fairness": fairness} if fairness else {})
     # Members of the set before result.json; a crash here leaves an incomplete set that the next run redoes.
     ctx.lake.write_json(f"{folder}/metrics.json", metrics)
     ctx.lake.write_json(f"{folder}/gates.json", report.to_dict())
