@@ -1,21 +1,40 @@
 """Dataset refresh: the files in a task's landing zone become one immutable, content-addressed snapshot.
 
-A snapshot is identified by the hash of its inputs (file names and their sha256) plus the columns the spec asks for,
-so refreshing twice over the same files gives the same snapshot id and re-uses it. Rows are sorted by
-(timestamp, id) so the snapshot's bytes do not depend on the order files were listed or landed.
+A snapshot is a manifest of immutable parts, one per landed file (:mod:`eval_pipeline.snapshot_parts`)::
 
-    snapshots/<task>/<snapshot_id>/data.parquet
-    snapshots/<task>/<snapshot_id>/manifest.json
-    snapshots/<task>/latest.json            pointer, replaced atomically after the snapshot is complete
+    snapshots/<task>/parts/<part_id>.parquet     one landed file's rows: the spec's columns, normalised types,
+                                                 sorted by (timestamp, id); shared by every snapshot that has it
+    snapshots/<task>/<snapshot_id>/manifest.json the parts in source-path order (below)
+    snapshots/<task>/latest.json                 pointer, replaced atomically after the snapshot is complete
+
+A snapshot is identified by the hash of its inputs (file names and their sha256) plus the columns the spec asks for,
+so refreshing twice over the same files gives the same snapshot id and re-uses it.
+
+Refreshing is incremental: a landed file whose (path, size, mtime) equal a source of the latest snapshot re-uses
+that source's sha256 and part without being read (the part is checked to exist with its recorded size, from one
+listing of the parts folder, and rebuilt otherwise). Only new or changed files are read: hashed in chunks, then
+written as a part in bounded memory. A whole snapshot is re-used the same way, never by re-reading its data.
+
+The manifest::
+
+    {"task", "snapshot_id", "content_hash", "created_at", "rows", "schema": {column: arrow type},
+     "time_range": [earliest, latest] (ISO, UTC; merged from the parts'), "data_sha256",
+     "parts": [{"path", "rows", "size", "sha256", "time_range", "schema", "order", "source":
+                {"path", "size", "mtime", "sha256"}}, ...],
+     "source_files": [{"path", "size", "mtime", "sha256", "rows"}, ...]}   (the parts' sources, flat)
+
+``data_sha256`` is the sha256 of the parts' sha256 hex digests in manifest order, each followed by a newline: it
+pins the snapshot's bytes without one file holding them all. Parts whose column types differ (int64 in one file,
+double in another; a column all null in one) are read with the types unified (Arrow's permissive promotion), as one
+concatenated table would have; types that cannot be unified are refused naming both files and the column.
 
 A task whose spec has ``data.sql`` reads a warehouse query or table instead (eval_pipeline.sql_source): its rows are
-extracted in batches into content-addressed parquet parts (``extracts/<task>/parts/``), and those parts become the
-snapshot exactly as landed files do.
+extracted in batches into content-addressed, already normalised parquet parts (``extracts/<task>/parts/``), and
+those parts are the snapshot's parts as they are.
 """
 
 import datetime as dt
 import hashlib
-import io
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,17 +42,17 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .lake import Lake, LakeError
+from .snapshot_parts import (DataError, format_of, merge_time_ranges, normalise_types, part_layout, parts_folder,
+                             write_part)
 from .spec import EvalSpec
 
 DATA_SUFFIXES = (".parquet", ".pq", ".csv")
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file and column."""
+_normalise_types = normalise_types  # the SQL source's name for it
+__all__ = ["DataError", "Snapshot", "build_snapshot", "eval_rows", "iter_rows", "latest_pointer", "list_source_files",
+           "load_snapshot", "read_snapshot_table", "read_window", "refresh_files_snapshot"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +66,20 @@ class Snapshot:
         return f"snapshots/{self.task}/{self.snapshot_id}"
 
     @property
-    def data_path(self) -> str:
-        return f"{self.folder}/data.parquet"
+    def manifest_path(self) -> str:
+        return f"{self.folder}/manifest.json"
+
+    @property
+    def parts(self) -> list[dict]:
+        """The manifest's part entries in order (a snapshot of the earlier one-file layout reads as one part)."""
+        if "parts" in self.manifest:
+            return self.manifest["parts"]
+        return [{"path": f"{self.folder}/data.parquet", "rows": self.manifest["rows"],
+                 "schema": self.manifest["schema"], "time_range": self.manifest.get("time_range")}]
+
+    @property
+    def part_paths(self) -> list[str]:
+        return [p["path"] for p in self.parts]
 
 
 def source_prefix(lake: Lake, spec: EvalSpec) -> str:
@@ -71,61 +102,21 @@ def list_source_files(lake: Lake, spec: EvalSpec) -> list[dict]:
     files = [f for f in lake.find(source_prefix(lake, spec))
              if f["rel"].lower().endswith(DATA_SUFFIXES) and not posixpath.basename(f["rel"]).startswith((".", "_"))]
     if spec.data.format != "auto":
-        files = [f for f in files if _format_of(f["rel"]) == spec.data.format]
+        files = [f for f in files if format_of(f["rel"]) == spec.data.format]
     return files
 
 
-def _format_of(rel: str) -> str:
-    return "csv" if rel.lower().endswith(".csv") else "parquet"
-
-
 def _read_file(lake: Lake, rel: str, columns: list[str], spec: EvalSpec) -> tuple[pa.Table, str]:
-    raw = lake.read_bytes(rel)
-    digest = hashlib.sha256(raw).hexdigest()
+    """One landed file's columns, whole, and its sha256: for callers that need a few rows of a small file
+    (registration's probe). Refresh never reads a file whole this way."""
+    from .snapshot_parts import _Source
+
+    digest, _ = lake.sha256(rel)
+    source = _Source(lake, lake.info(rel), columns, spec)
     try:
-        if _format_of(rel) == "csv":
-            table = pacsv.read_csv(io.BytesIO(raw))
-        else:
-            table = pq.read_table(io.BytesIO(raw))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{lake.uri(rel)}: cannot be read as {_format_of(rel)} (corrupt or truncated?): {exc}") from None
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise DataError(f"{lake.uri(rel)}: missing column(s) {missing} required by spec '{spec.task}' "
-                        f"(file has {table.column_names})")
-    return table.select(columns), digest
-
-
-def _normalise_types(table: pa.Table, spec: EvalSpec, rel: str, lake: Lake, where: str | None = None) -> pa.Table:
-    """Make files that landed with slightly different physical types (int32 vs int64, ts units) concatenable."""
-    where = where or lake.uri(rel)
-    ts = spec.columns.timestamp
-    if ts:
-        col = table[ts]
-        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            try:
-                col = pa.array(pd.to_datetime(col.to_pandas(), utc=True), type=pa.timestamp("us", tz="UTC"))
-            except (ValueError, TypeError) as exc:
-                raise DataError(f"{where}: timestamp column {ts!r} is not parseable as datetimes: {exc}") from None
-        elif pa.types.is_timestamp(col.type):
-            col = pc.cast(col, pa.timestamp("us", tz=col.type.tz or "UTC"))
-            if col.type.tz != "UTC":
-                col = pc.cast(col, pa.timestamp("us", tz="UTC"))
-        else:
-            raise DataError(f"{where}: timestamp column {ts!r} has type {col.type}; expected a timestamp "
-                            f"or an ISO date string")
-        table = table.set_column(table.schema.get_field_index(ts), ts, col)
-    fields = []
-    for field in table.schema:
-        t = field.type
-        if pa.types.is_integer(t):
-            t = pa.int64()
-        elif pa.types.is_floating(t):
-            t = pa.float64()
-        elif pa.types.is_dictionary(t) or pa.types.is_large_string(t):
-            t = pa.string()
-        fields.append(pa.field(field.name, t))
-    return table.cast(pa.schema(fields))
+        return source.read_all().select(columns), digest
+    finally:
+        source.close()
 
 
 def refresh_files_snapshot(lake: Lake, spec: EvalSpec) -> Snapshot:
@@ -139,48 +130,44 @@ def refresh_files_snapshot(lake: Lake, spec: EvalSpec) -> Snapshot:
 
 
 def build_snapshot(lake: Lake, spec: EvalSpec, files: list[dict], where: str, extra: dict | None = None) -> Snapshot:
-    """The snapshot of exactly these lake files (dicts with ``rel`` and ``size``), in this order; ``where`` names
-    them in errors; ``extra`` is added to a new snapshot's manifest (the SQL source's query and parts)."""
+    """The snapshot of exactly these lake files (dicts with ``rel``, ``size`` and ``mtime``), in this order; ``where``
+    names them in errors; ``extra`` is added to a new snapshot's manifest (the SQL source's query and parts).
+
+    A file dict with a ``part`` entry (a manifest part entry: the SQL source's extracts) is used as that part as is.
+    Any other file re-uses the latest snapshot's part for the same (path, size, mtime), or is read and written as a
+    new part."""
     columns = spec.all_columns()
-    tables, sources = [], []
+    previous = _previous_parts(lake, spec)
+    sizes = _part_sizes(lake, [parts_folder(spec.task)] + [posixpath.dirname(p["path"]) for p in previous.values()])
+    parts = []
     for f in files:
-        table, digest = _read_file(lake, f["rel"], columns, spec)
-        tables.append(_normalise_types(table, spec, f["rel"], lake))
-        sources.append({"path": f["rel"], "sha256": digest, "rows": table.num_rows, "size": f["size"]})
-    try:
-        table = pa.concat_tables(tables, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        # Name the file(s) and column(s) that disagree with the first file, not just Arrow's "Field a ...".
-        first = tables[0].schema
-        diffs = [f"{lake.uri(f['rel'])}: column {field.name!r} is {field.type}, but {lake.uri(files[0]['rel'])} "
-                 f"has {first.field(field.name).type}"
-                 for f, t in zip(files[1:], tables[1:]) for field in t.schema
-                 if field.type != first.field(field.name).type]
-        raise DataError(f"files under {where} have incompatible column types: "
-                        + ("; ".join(diffs[:5]) or str(exc))) from None
-    sort_keys = ([(spec.columns.timestamp, "ascending")] if spec.columns.timestamp else []) + [(spec.columns.id, "ascending")]
-    table = table.sort_by(sort_keys).replace_schema_metadata(None)
+        entry = f.get("part") or _reusable_part(previous, f, sizes)
+        if entry is None:
+            entry = write_part(lake, spec, f)
+            sizes[entry["path"]] = entry["size"]
+        parts.append(entry)
+    schema = _schema_strings(lake, parts, where)
 
     fingerprint = hashlib.sha256()
-    for s in sources:
-        fingerprint.update(f"{s['path']}\0{s['sha256']}\n".encode())
+    for p in parts:
+        fingerprint.update(f"{p['source']['path']}\0{p['source']['sha256']}\n".encode())
     fingerprint.update(("\0".join(columns)).encode())
     content_hash = fingerprint.hexdigest()
     snapshot_id = content_hash[:16]
     snap_folder = f"snapshots/{spec.task}/{snapshot_id}"
-    manifest = _reusable_manifest(lake, snap_folder)
-    if manifest is None:
-        lake.write_parquet(f"{snap_folder}/data.parquet", table)
-        time_range = None
-        if spec.columns.timestamp and table.num_rows:
-            mn, mx = pc.min_max(table[spec.columns.timestamp]).values()
-            time_range = [mn.as_py().isoformat() if mn.is_valid else None, mx.as_py().isoformat() if mx.is_valid else None]
+    old = _existing_manifest(lake, snap_folder)
+    if old is not None and old.get("parts") == parts:
+        manifest = old  # the same parts, all present with their sizes: nothing to write
+    else:
         manifest = {
             "task": spec.task, "snapshot_id": snapshot_id, "content_hash": content_hash,
-            "data_sha256": hashlib.sha256(lake.read_bytes(f"{snap_folder}/data.parquet")).hexdigest(),
-            "rows": table.num_rows, "schema": {f.name: str(f.type) for f in table.schema},
-            "source_files": sources, "time_range": time_range,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "data_sha256": parts_sha256(parts),
+            "rows": sum(p["rows"] for p in parts), "schema": schema,
+            "parts": parts, "part_layout": part_layout(spec),
+            "source_files": [{**p["source"], "rows": p["rows"]} for p in parts],
+            "time_range": merge_time_ranges([p["time_range"] for p in parts]),
+            # a manifest rewritten for the same content (a part rebuilt, a file touched) keeps its creation time
+            "created_at": (old or {}).get("created_at") or dt.datetime.now(dt.timezone.utc).isoformat(),
             **(extra or {}),
         }
         lake.write_json(f"{snap_folder}/manifest.json", manifest)
@@ -188,14 +175,93 @@ def build_snapshot(lake: Lake, spec: EvalSpec, files: list[dict], where: str, ex
     return Snapshot(spec.task, snapshot_id, manifest)
 
 
-def _reusable_manifest(lake: Lake, folder: str) -> dict | None:
-    """The manifest of an existing snapshot whose data file is intact (its sha256 matches); None to rebuild it."""
+def parts_sha256(parts: list[dict]) -> str:
+    """The manifest's ``data_sha256``: sha256 over the parts' sha256 hex digests, in order, one per line."""
+    return hashlib.sha256("".join(f"{p['sha256']}\n" for p in parts).encode()).hexdigest()
+
+
+def _previous_parts(lake: Lake, spec: EvalSpec) -> dict[tuple, dict]:
+    """The latest snapshot's part entries by their source's (path, size, mtime); {} without a usable one, or when
+    its parts were built for other columns (the spec changed)."""
     try:
-        manifest = lake.read_json(f"{folder}/manifest.json")
-        data = lake.read_bytes(f"{folder}/data.parquet")
+        manifest = load_snapshot(lake, spec.task).manifest
+    except (DataError, FileNotFoundError, LakeError, KeyError, TypeError):
+        return {}
+    if manifest.get("part_layout") != part_layout(spec):
+        return {}
+    return {(p["source"]["path"], p["source"]["size"], p["source"]["mtime"]): p
+            for p in manifest.get("parts", []) if p.get("source", {}).get("mtime") is not None}
+
+
+def _part_sizes(lake: Lake, folders: list[str]) -> dict[str, int]:
+    """Size of every file in these folders: one listing per folder, not one request per part."""
+    sizes = {}
+    for folder in sorted(set(folders)):
+        sizes.update({f["rel"]: f["size"] for f in lake.find(folder)})
+    return sizes
+
+
+def _reusable_part(previous: dict[tuple, dict], file: dict, sizes: dict[str, int]) -> dict | None:
+    """The previous part of an unchanged file (same path, size, mtime) whose part is present with its size."""
+    if file.get("mtime") is None:
+        return None  # no modification time: the file cannot be trusted unchanged without reading it
+    entry = previous.get((file["rel"], file.get("size"), file.get("mtime")))
+    if entry is None or sizes.get(entry["path"]) != entry["size"]:
+        return None
+    return entry
+
+
+def _existing_manifest(lake: Lake, folder: str) -> dict | None:
+    try:
+        return lake.read_json(f"{folder}/manifest.json")
     except (FileNotFoundError, LakeError):
         return None
-    return manifest if hashlib.sha256(data).hexdigest() == manifest.get("data_sha256") else None
+
+
+def unified_arrow_schema(lake: Lake, parts: list[dict], where: str | None = None) -> pa.Schema:
+    """The schema every part is read as. Parts with equal manifest schemas share one footer read; parts that differ
+    are unified by Arrow (int64 with double, null with anything), as concatenating them would. Incompatible types
+    raise DataError naming the files (their sources) and the columns."""
+    groups: dict[tuple, dict] = {}
+    for p in parts:
+        groups.setdefault(tuple(p["schema"].items()), p)
+    schemas = [_part_schema(lake, p) for p in groups.values()]
+    if len(schemas) == 1:
+        return schemas[0]
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        # Name the file(s) and column(s) that disagree with the first file, not just Arrow's "Field a ...".
+        reps = list(groups.values())
+        first, first_path = reps[0]["schema"], lake.uri(_source_path(reps[0]))
+        diffs = [f"{lake.uri(_source_path(p))}: column {name!r} is {t}, but {first_path} has {first[name]}"
+                 for p in reps[1:] for name, t in p["schema"].items()
+                 if name in first and t != first[name] and not _promotable(t, first[name])]
+        raise DataError(f"files under {where or 'the snapshot'} have incompatible column types: "
+                        + ("; ".join(diffs[:5]) or str(exc))) from None
+
+
+def _schema_strings(lake: Lake, parts: list[dict], where: str) -> dict[str, str]:
+    """The manifest's ``schema``: read from no file when every part has the same one."""
+    if len({tuple(p["schema"].items()) for p in parts}) == 1:
+        return dict(parts[0]["schema"])
+    return {f.name: str(f.type) for f in unified_arrow_schema(lake, parts, where)}
+
+
+def _source_path(part: dict) -> str:
+    return part.get("source", {}).get("path", part["path"])
+
+
+def _promotable(a: str, b: str) -> bool:
+    return "null" in (a, b) or {a, b} == {"int64", "double"}
+
+
+def _part_schema(lake: Lake, part: dict) -> pa.Schema:
+    pf = lake.parquet_file(part["path"])
+    try:
+        return pf.schema_arrow.remove_metadata()
+    finally:
+        pf.close(force=True)
 
 
 def latest_pointer(task: str) -> str:
@@ -236,21 +302,65 @@ def _window_mask(batch: pa.RecordBatch, column: str | None, start, end) -> pa.Ar
 
 
 def iter_rows(lake: Lake, snapshot: Snapshot, columns: list[str], *, timestamp: str | None = None,
-              start=None, end=None, batch_size: int = 250_000) -> Iterator[pa.RecordBatch]:
-    """Stream a snapshot's rows in snapshot order, optionally restricted to a timestamp window [start, end)."""
-    read_cols = list(dict.fromkeys(columns + ([timestamp] if timestamp and (start or end) else [])))
-    for batch in lake.iter_batches(snapshot.data_path, columns=read_cols, batch_size=batch_size):
-        mask = _window_mask(batch, timestamp, start, end)
-        if mask is not None:
-            batch = batch.filter(mask)
-        if batch.num_rows:
-            yield batch.select(columns)
+              start=None, end=None, batch_size: int = 250_000,
+              parts: list[int] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream a snapshot's rows part by part in manifest order, optionally restricted to a timestamp window
+    [start, end) of ``timestamp`` (the spec's timestamp column: parts whose time range lies outside the window are
+    skipped unread). ``parts``: only these part indices (0-based, into the manifest's parts), in the order given:
+    a shard of the snapshot. Batches have the snapshot's (unified) column types whatever part they come from."""
+    windowed = bool(timestamp and (start is not None or end is not None))
+    read_cols = list(dict.fromkeys(columns + ([timestamp] if windowed else [])))
+    entries = snapshot.parts
+    unified = None
+    for index in (range(len(entries)) if parts is None else parts):
+        part = entries[index]
+        if windowed and _outside(part.get("time_range"), start, end):
+            continue
+        cast = None
+        if part.get("schema") not in (None, snapshot.manifest["schema"]):
+            unified = unified or unified_arrow_schema(lake, entries)
+            cast = pa.schema([unified.field(c) for c in read_cols])
+        pf = lake.parquet_file(part["path"])
+        try:
+            for batch in pf.iter_batches(batch_size=batch_size, columns=read_cols):
+                if cast is not None:
+                    batch = batch.cast(cast)
+                mask = _window_mask(batch, timestamp, start, end)
+                if mask is not None:
+                    batch = batch.filter(mask)
+                if batch.num_rows:
+                    yield batch.select(columns)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise LakeError(f"{lake.uri(part['path'])} could not be read as parquet: {exc}") from None
+        finally:
+            pf.close(force=True)
 
 
-def eval_rows(lake: Lake, snapshot: Snapshot, spec: EvalSpec, columns: list[str], batch_size: int = 250_000):
-    """The rows a task is evaluated on: the snapshot within data.evaluation_start/end."""
+def _outside(time_range: list | None, start, end) -> bool:
+    """True when a part's [earliest, latest] timestamps cannot meet the window [start, end) (no timestamp at all:
+    no row can be in any window)."""
+    if not time_range or time_range[0] is None:
+        return True
+    return ((start is not None and _utc(time_range[1]) < _utc(start))
+            or (end is not None and _utc(time_range[0]) >= _utc(end)))
+
+
+def read_snapshot_table(lake: Lake, snapshot: Snapshot, columns: list[str] | None = None) -> pa.Table:
+    """A snapshot's rows as one Arrow table, parts in manifest order: for small data only (tests, a few callers
+    that need every row at once); everything else streams with :func:`iter_rows`."""
+    columns = list(snapshot.manifest["schema"]) if columns is None else columns
+    batches = list(iter_rows(lake, snapshot, columns))
+    if batches:
+        return pa.Table.from_batches(batches)
+    schema = unified_arrow_schema(lake, snapshot.parts)
+    return pa.schema([schema.field(c) for c in columns]).empty_table()
+
+
+def eval_rows(lake: Lake, snapshot: Snapshot, spec: EvalSpec, columns: list[str], batch_size: int = 250_000,
+              parts: list[int] | None = None):
+    """The rows a task is evaluated on: the snapshot within data.evaluation_start/end (of ``parts`` only, if given)."""
     return iter_rows(lake, snapshot, columns, timestamp=spec.columns.timestamp, start=spec.data.evaluation_start,
-                     end=spec.data.evaluation_end, batch_size=batch_size)
+                     end=spec.data.evaluation_end, batch_size=batch_size, parts=parts)
 
 
 def read_window(lake: Lake, snapshot: Snapshot, spec: EvalSpec, columns: list[str], window) -> pd.DataFrame:

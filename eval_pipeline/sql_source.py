@@ -19,7 +19,8 @@ What a refresh does:
    microseconds), as an immutable parquet part named by its own sha256: ``extracts/<task>/parts/<sha256>.parquet``.
    Unchanged rows give byte-identical parts, which already exist and are not rewritten.
 4. Builds the snapshot from exactly those parts with the same code as landed files
-   (:func:`eval_pipeline.snapshot.build_snapshot`): its id is the hash of the parts' sha256 (so of the rows, in
+   (:func:`eval_pipeline.snapshot.build_snapshot`); the parts, already normalised and in the query's order, are
+   the snapshot's parts as they are (nothing is copied). Its id is the hash of the parts' sha256 (so of the rows, in
    order) and of the columns, never of the time of the query. Re-running on unchanged warehouse data gives the same
    snapshot id. The manifest adds ``sql``: the query text as run, its sha256, the URL variable's name, the row
    count and every part's sha256 and row count.
@@ -128,6 +129,17 @@ def _part_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+def _part_entry(rel: str, data: bytes, digest: str, table: pa.Table, spec: EvalSpec) -> dict:
+    """The snapshot manifest's entry for an extract part (see eval_pipeline.snapshot): the part is its own source."""
+    ts = spec.columns.timestamp
+    time_range = None
+    if ts and table.num_rows:
+        time_range = [v.as_py().isoformat() if v.is_valid else None for v in pc.min_max(table[ts]).values()]
+    return {"path": rel, "rows": table.num_rows, "size": len(data), "sha256": digest, "time_range": time_range,
+            "schema": {f.name: str(f.type) for f in table.schema}, "order": "query",
+            "source": {"path": rel, "size": len(data), "mtime": None, "sha256": digest}}
+
+
 def extract(lake: Lake, spec: EvalSpec) -> tuple[list[dict], dict]:
     """Stream the rows into parts; returns (files for build_snapshot, the manifest's ``sql`` record)."""
     sql = spec.data.sql
@@ -154,7 +166,7 @@ def extract(lake: Lake, spec: EvalSpec) -> tuple[list[dict], dict]:
                 rel = f"{parts_prefix(spec.task)}/{digest}.parquet"
                 if not lake.exists(rel):
                     lake.write_bytes(rel, data)
-                files.append({"rel": rel, "size": len(data)})
+                files.append({"rel": rel, "size": len(data), "part": _part_entry(rel, data, digest, table, spec)})
                 parts.append({"path": rel, "sha256": digest, "rows": table.num_rows})
                 total += table.num_rows
     except DataError:

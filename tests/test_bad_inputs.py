@@ -11,6 +11,7 @@ Two levels:
 """
 
 import io
+import re
 import shutil
 from types import SimpleNamespace
 
@@ -25,7 +26,7 @@ from eval_pipeline.lake import Lake, LakeError
 from eval_pipeline.registry import Registry, RegistryError
 from eval_pipeline.scoring import ScoringError, score_model
 from eval_pipeline.refresh import refresh_snapshot
-from eval_pipeline.snapshot import DataError
+from eval_pipeline.snapshot import DataError, load_snapshot, read_snapshot_table
 from eval_pipeline.spec import SpecError, load_spec
 
 from .fixtures.toy_expected import TOY_MARGIN, assert_toy_release_pass
@@ -234,7 +235,7 @@ def test_pipeline_candidate_escaping_the_registry(good, capsys, ref):
 
 
 def test_pipeline_predictions_not_covering_the_dataset(good, capsys):
-    ids = good.lake.read_parquet(f"snapshots/{TASK}/{good.snapshot}/data.parquet")["id"]
+    ids = read_snapshot_table(good.lake, load_snapshot(good.lake, TASK, good.snapshot), ["id"]).to_pandas()["id"]
     buf = io.BytesIO()
     pd.DataFrame({"row": ids[ids != 1234], "p": 0.5}).to_parquet(buf, index=False)
     Registry(good.lake).register(MODEL, "3", buf.getvalue(), flavor="predictions",
@@ -339,16 +340,17 @@ def test_zero_byte_parquet_names_the_file(toy_lake):
 
 def test_corrupt_snapshot_file_is_named_when_read(toy_lake):
     snap = refresh_snapshot(toy_lake, toy_spec())
-    toy_lake.write_bytes(snap.data_path, toy_lake.read_bytes(snap.data_path)[:100])
-    with pytest.raises(LakeError, match=rf"{snap.snapshot_id}/data\.parquet is not a readable parquet file"):
-        toy_lake.read_parquet(snap.data_path)
+    part = snap.part_paths[0]
+    toy_lake.write_bytes(part, toy_lake.read_bytes(part)[:100])
+    with pytest.raises(LakeError, match=re.escape(f"{part} is not a readable parquet file")):
+        read_snapshot_table(toy_lake, snap)
 
 
 def test_predictions_flavor_with_nan_score_and_missing_column(toy_lake):
     spec = toy_spec()
     snap = refresh_snapshot(toy_lake, spec)
     reg = Registry(toy_lake)
-    ids = toy_lake.read_parquet(snap.data_path)["id"]
+    ids = read_snapshot_table(toy_lake, snap, ["id"]).to_pandas()["id"]
     buf = io.BytesIO()
     pd.DataFrame({"row": ids, "p": np.where(ids == 42, np.nan, 0.5)}).to_parquet(buf, index=False)
     m = reg.register(MODEL, "1", buf.getvalue(), flavor="predictions", artifact_name="p.parquet",

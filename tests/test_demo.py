@@ -12,6 +12,7 @@ from eval_pipeline.demo import data as demo_data
 from eval_pipeline.lake import Lake
 from eval_pipeline.registry import Registry
 from eval_pipeline.scoring import load_model
+from eval_pipeline.snapshot import load_snapshot, read_snapshot_table
 from eval_pipeline.spec import DEFAULT_METRICS, load_spec
 
 SAMPLE = 0.03
@@ -251,7 +252,7 @@ def test_demo_headline_numbers_equal_scikit_learn_on_the_scored_rows(full_demo):
 
     lake, result = full_demo["lake"], full_demo["result"]
     snap = result["dataset"]["snapshot_id"]
-    data = lake.read_parquet(f"snapshots/flights_delay/{snap}/data.parquet")
+    data = read_snapshot_table(lake, load_snapshot(lake, "flights_delay", snap)).to_pandas()
     data = data[data["time_hour"] >= pd.Timestamp("2013-07-01", tz="UTC")][["flight_id", "carrier", "delayed"]]
     assert len(data) == README_EVAL_ROWS
     found = {}

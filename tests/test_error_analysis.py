@@ -24,7 +24,7 @@ from eval_pipeline.error_analysis import CELLS, ROWS_FILE, analyse, paired_diffe
 from eval_pipeline.lake import Lake
 from eval_pipeline.registry import Registry
 from eval_pipeline.scoring import predictions_path
-from eval_pipeline.snapshot import load_snapshot
+from eval_pipeline.snapshot import load_snapshot, read_snapshot_table
 from eval_pipeline.spec import load_spec
 
 from .toy import TOY_SPEC, fit_interaction_model, fit_model, land, toy_frame
@@ -158,7 +158,7 @@ def test_end_to_end_counts_equal_a_crosstab_and_the_engines_accuracy_delta(evalu
     spec = load_spec(str(evaluated["spec_path"]))
     reg = evaluated["reg"]
     pred = {v: lake.read_parquet(predictions_path(spec, snap, reg.manifest(MODEL, v))) for v in ("1", "2")}
-    rows = lake.read_parquet(snap.data_path)[["id", "y", "a", "b"]]
+    rows = read_snapshot_table(lake, snap, ["id", "y", "a", "b"]).to_pandas()
     score_col = [c for c in pred["1"].columns if c != "id"][0]
     rows = rows.merge(pred["1"].rename(columns={score_col: "p1"}), on="id").merge(
         pred["2"].rename(columns={score_col: "p2"}), on="id")

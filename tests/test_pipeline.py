@@ -14,6 +14,7 @@ import dagster as dg
 from eval_pipeline import demo
 from eval_pipeline.cli import main, run_evaluation
 from eval_pipeline.lake import Lake
+from eval_pipeline.snapshot import load_snapshot, read_snapshot_table
 
 SAMPLE = 0.08  # ~26k flights, ~13k evaluation rows: real data, seconds not minutes
 
@@ -89,7 +90,7 @@ def test_chain_produces_verdict_result_report_and_dagster_records(evaluated):
 def test_metrics_equal_scikit_learn(evaluated):
     lake, result = evaluated["lake"], evaluated["result"]
     snap_id = result["dataset"]["snapshot_id"]
-    data = lake.read_parquet(f"snapshots/flights_delay/{snap_id}/data.parquet")
+    data = read_snapshot_table(lake, load_snapshot(lake, "flights_delay", snap_id)).to_pandas()
     data = data[data["time_hour"] >= pd.Timestamp("2013-07-01", tz="UTC")].reset_index(drop=True)
     threshold = 0.3
     slices = {s["slice"]: s for s in result["metrics"]["slices"]}

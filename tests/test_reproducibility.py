@@ -14,6 +14,7 @@ import pytest
 
 from eval_pipeline.cli import run_evaluation
 from eval_pipeline.lake import Lake
+from eval_pipeline.snapshot import load_snapshot
 
 from .fixtures.toy_expected import assert_toy_release_pass
 from .s3_util import FAKE_KEY_ID, FAKE_SECRET, moto_endpoint, s3_env, s3_lake, seed_toy, write_spec  # noqa: F401
@@ -26,7 +27,7 @@ def _outputs(lake, snap) -> dict[str, bytes]:
     [folder] = lake.ls(f"evaluations/{TASK}/{MODEL}/2/{snap}")  # the one evidence set: vs-1-<evidence id>
     out = {name: lake.read_bytes(f"{folder}/{name}") for name in OUTPUTS}
     out["history"] = lake.read_bytes(f"history/{TASK}/{MODEL}/2-{snap}.json")
-    out["snapshot"] = lake.read_bytes(f"snapshots/{TASK}/{snap}/data.parquet")
+    out["snapshot"] = [lake.read_bytes(p) for p in load_snapshot(lake, TASK, snap).part_paths]
     out["predictions"] = lake.read_bytes(f"predictions/{TASK}/{snap}/{MODEL}/2.parquet")
     out["baseline_predictions"] = lake.read_bytes(f"predictions/{TASK}/{snap}/{MODEL}/1.parquet")
     return out

@@ -18,6 +18,7 @@ import pytest
 
 from eval_pipeline.cli import run_evaluation
 from eval_pipeline.definitions import build_definitions
+from eval_pipeline.snapshot import load_snapshot
 from eval_pipeline.lake import Lake
 from eval_pipeline.spec import parse_spec
 from resources import LakeResource, SettingsResource
@@ -130,7 +131,7 @@ def test_sensors_drive_the_whole_chain_on_s3(s3_chain):
                 if not r.success]
     assert not failures, f"runs failed on S3: {failures}"
     snap = lake.read_json(f"snapshots/{TASK}/latest.json")["snapshot_id"]
-    for rel in (f"snapshots/{TASK}/{snap}/data.parquet", f"quality/{TASK}/{snap}/result.json",
+    for rel in (f"snapshots/{TASK}/{snap}/manifest.json", *load_snapshot(lake, TASK, snap).part_paths, f"quality/{TASK}/{snap}/result.json",
                 f"drift/{TASK}/{snap}/drift.html", f"predictions/{TASK}/{snap}/toy_model/2.parquet"):
         assert lake.exists(rel), rel
     for version, mode in (("2", "release"), ("1", "monitoring")):

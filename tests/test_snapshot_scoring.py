@@ -11,7 +11,7 @@ from eval_pipeline.lake import Lake
 from eval_pipeline.registry import Registry, RegistryError
 from eval_pipeline.scoring import ScoringError, load_model, score_model
 from eval_pipeline.refresh import refresh_snapshot
-from eval_pipeline.snapshot import DataError
+from eval_pipeline.snapshot import DataError, read_snapshot_table
 
 from .toy import fit_model, joblib_bytes, land, register_joblib, toy_frame, toy_spec
 
@@ -30,8 +30,8 @@ def test_snapshot_is_content_addressed_and_sorted(toy):
     s2 = refresh_snapshot(lake, spec)
     assert s1.snapshot_id == s2.snapshot_id
     assert s1.manifest["rows"] == len(frame)
-    data = lake.read_parquet(s1.data_path)
-    assert list(data["id"]) == sorted(data["id"])
+    data = read_snapshot_table(lake, s1).to_pandas()
+    assert list(data["id"]) == sorted(data["id"])  # each part sorted; part-1's ids follow part-0's
     assert [f["path"] for f in s1.manifest["source_files"]] == ["incoming/toy/part-0.parquet",
                                                                "incoming/toy/part-1.parquet"]
     lake.write_parquet("incoming/toy/part-2.parquet", toy_frame(10, seed=5).assign(id=lambda d: d["id"] + 10_000))
@@ -46,7 +46,7 @@ def test_corrupt_parquet_is_named_and_previous_snapshot_survives(toy):
     with pytest.raises(DataError, match=r"part-1\.parquet.*corrupt or truncated"):
         refresh_snapshot(lake, spec)
     assert lake.read_json("snapshots/toy/latest.json")["snapshot_id"] == good.snapshot_id
-    assert len(lake.read_parquet(good.data_path)) == good.manifest["rows"]
+    assert read_snapshot_table(lake, good).num_rows == good.manifest["rows"]
 
 
 def test_missing_column_names_file_and_column(toy):
@@ -70,7 +70,7 @@ def test_joblib_model_scores_match_direct_predict_proba(toy):
     out = score_model(lake, reg, spec, snap, m)
     assert out["rows"] == len(frame) and not out["cached"]
     preds = lake.read_parquet(out["path"])
-    data = lake.read_parquet(snap.data_path)
+    data = read_snapshot_table(lake, snap).to_pandas()
     np.testing.assert_array_equal(preds["id"], data["id"])
     np.testing.assert_allclose(preds["score"], model.predict_proba(data[["a", "b"]])[:, 1], rtol=0, atol=0)
     assert score_model(lake, reg, spec, snap, m)["cached"]
@@ -183,11 +183,12 @@ def test_predictions_with_duplicate_ids(toy):
 def test_corrupted_snapshot_is_rebuilt_by_the_next_refresh(toy):
     lake, frame, spec = toy
     snap = refresh_snapshot(lake, spec)
-    good = lake.read_bytes(snap.data_path)
-    lake.write_bytes(snap.data_path, good[: len(good) // 3])
+    part = snap.part_paths[1]
+    good = lake.read_bytes(part)
+    lake.write_bytes(part, good[: len(good) // 3])
     again = refresh_snapshot(lake, spec)
-    assert again.snapshot_id == snap.snapshot_id
-    assert lake.read_bytes(snap.data_path) == good
+    assert again.snapshot_id == snap.snapshot_id and again.manifest == snap.manifest
+    assert lake.read_bytes(part) == good
 
 
 # -- issue 9: pickles are opt-in; skops trust comes from the operator (spec / EVAL_TRUSTED_TYPES) -----------------------

@@ -21,7 +21,7 @@ import pytest
 from eval_pipeline.lake import Lake
 from eval_pipeline.registry import Registry
 from eval_pipeline.refresh import refresh_snapshot
-from eval_pipeline.snapshot import DataError, load_snapshot
+from eval_pipeline.snapshot import DataError, load_snapshot, read_snapshot_table
 from eval_pipeline.spec import parse_spec
 
 from .fixtures.toy_expected import TOY_ROWS, assert_toy_release_pass
@@ -134,7 +134,8 @@ def test_sql_source_end_to_end_through_the_cli(wh_env, tmp_path, capsys):
     assert m["schema"] == {"id": "int64", "y": "int64", "ts": "timestamp[us, tz=UTC]", "a": "double", "b": "string"}
 
     # the snapshot holds exactly the toy rows (the decoys were filtered by the query)
-    data = lake.read_parquet(snap.data_path).sort_values("id").reset_index(drop=True)
+    assert snap.part_paths == [p["path"] for p in sql["parts"]]  # the extract parts are the snapshot's parts
+    data = read_snapshot_table(lake, snap).to_pandas().sort_values("id").reset_index(drop=True)
     assert data["id"].tolist() == frame["id"].tolist() and data["y"].tolist() == frame["y"].tolist()
     assert (data["ts"] == frame["ts"]).all() and (data["a"] == frame["a"]).all()
 
