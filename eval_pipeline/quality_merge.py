@@ -283,6 +283,7 @@ class _ExtremeMerge(_Merge):
 
     metric: str = "column.max"
     value: Any = None
+    dtype: Any = None
     empty: Any = None
     seen: bool = False
 
@@ -292,13 +293,16 @@ class _ExtremeMerge(_Merge):
             if self.empty is None:  # what GX reports for a column without values (NaT, None)
                 self.empty = v
             return
-        if self.check.column_data is None:
-            (v,) = run.dtypes.cast(self.check.column, frame[self.check.column].dtype, [v])
         better = self.value is None or (v > self.value if self.metric == "column.max" else v < self.value)
-        self.value, self.seen = (v if better else self.value), True
+        if better:  # cast to the whole column's dtype at the end, once every batch's dtype is known
+            self.value, self.dtype = v, frame[self.check.column].dtype if self.check.column_data is None else None
+        self.seen = True
 
     def metrics(self, run: _BatchedRun) -> dict:
-        return {self.metric: self.value if self.seen else self.empty}
+        if not self.seen:
+            return {self.metric: self.empty}
+        (value,) = run.dtypes.cast(self.check.column, self.dtype, [self.value])
+        return {self.metric: value}
 
 
 @dataclass
@@ -324,34 +328,41 @@ class _MapMerge(_Merge):
             self.finder.add(frame[column], ordinals, frame.index.to_numpy())
             return
         self.unexpected += int(res["unexpected_count"])
-        need = PARTIAL - len(self.values)
+        need = PARTIAL - len(self.index)
         if need > 0 and res.get("partial_unexpected_list"):
             dtype = frame[column].dtype if self.check.column_data is None else None
-            self.values += run.dtypes.cast(column, dtype, list(res["partial_unexpected_list"][:need]))
+            values = list(res["partial_unexpected_list"][:need])
+            self.values.append((dtype, values))  # cast at the end, once every batch's dtype is known
             self.index += list(res.get("partial_unexpected_index_list", [])[:need])
 
     def _add_extent(self, extent: dict, dtype: Any, run: _BatchedRun) -> None:
+        """Keep the smallest min and largest max as (value, its batch's dtype)."""
         if self.extent is None:
             self.extent = {"min": None, "max": None}
         if not extent or not self.extent:  # values that do not compare: so does the whole column
             self.extent = {}
             return
-        for key, pick in (("min", min), ("max", max)):
+        for key, beats in (("min", lambda a, b: a < b), ("max", lambda a, b: a > b)):
             if extent[key] is None:
                 continue
-            (v,) = run.dtypes.cast(self.check.column, dtype, [extent[key]])
             try:
-                self.extent[key] = v if self.extent[key] is None else pick(self.extent[key], v)
+                if self.extent[key] is None or beats(extent[key], self.extent[key][0]):
+                    self.extent[key] = (extent[key], dtype)
             except TypeError:
                 self.extent = {}
                 return
 
     def facts(self, run: _BatchedRun) -> dict:
-        return {**self.check.facts, **({"extent": self.extent} if self.extent is not None else {})}
+        if self.extent is None:
+            return dict(self.check.facts)
+        extent = {k: None if v is None else run.dtypes.cast(self.check.column, v[1], [v[0]])[0]
+                  for k, v in self.extent.items()}
+        return {**self.check.facts, "extent": extent}
 
     def metrics(self, run: _BatchedRun) -> dict:
         mm = self.check.expectation.map_metric
-        values, index, unexpected = self.values, self.index, self.unexpected
+        index, unexpected = self.index, self.unexpected
+        values = [v for dtype, chunk in self.values for v in run.dtypes.cast(self.check.column, dtype, chunk)]
         if self.finder is not None:
             unexpected, values, index = self.finder.finish(run.dtypes.whole(self.check.column))
         metrics = {"table.row_count": self.rows, f"{mm}.unexpected_count": unexpected,
@@ -388,6 +399,13 @@ def _merge_rule(check: Check, run: _BatchedRun) -> _Merge:
         merge.finder = DuplicateFinder(os.path.join(run.spill_folder(), f"check-{len(run.merges):03d}"),
                                        run.partitions)
     return merge
+
+
+def _gx_json(res: dict) -> dict:
+    """A result dict as GX's own ``to_json_dict`` writes it (NaT as 'NaT', numpy values as Python ones)."""
+    from great_expectations.util import convert_to_json_serializable
+
+    return convert_to_json_serializable(res)
 
 
 # --------------------------------------------------------------------------------------------- the batched run
@@ -455,7 +473,7 @@ class _BatchedRun:
             results.append(result_entry(check, *describe_outcome(check, success, res, merge.raised), self.source))
             if check.expectation is not None:
                 gx_results.append({"expectation_config": check.expectation.configuration.to_json_dict(),
-                                   "success": success, "result": res,
+                                   "success": success, "result": _gx_json(res),
                                    "exception_info": {"raised_exception": bool(merge.raised),
                                                       "exception_message": merge.raised}})
         n_ok = sum(r["success"] for r in gx_results)
