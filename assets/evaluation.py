@@ -152,7 +152,25 @@ def _evaluation_metadata(context, ctx, inputs, out: tuple[bool, dict]) -> dict:
             "rows": dg.MetadataValue.int(int(metrics["n_rows"])),
             "slices_evaluated": sum(1 for s in slices if s.get("status") == "ok"),
             "slices_too_small": sum(1 for s in slices if s.get("status") != "ok"),
-            "overall": dg.MetadataValue.md(_overall_table(metrics))}
+            "overall": dg.MetadataValue.md(_overall_table(metrics)),
+            **_fairness_metadata(metrics.get("fairness"))}
+
+
+def _fairness_metadata(block: dict | None) -> dict:
+    """The fairness section's disparities: a table, and numbers the Plots tab can draw (fairness/<metric>/<role>,
+    role = candidate, baseline or delta). Nothing without a fairness section."""
+    if not block:
+        return {}
+    from eval_pipeline.report_fairness import disparity_rows
+
+    meta = {"fairness": dg.MetadataValue.md(md_table(*disparity_rows(block)))}
+    d = block["disparities"]
+    cells = {**{r: d["models"].get(r, {}) for r in ("candidate", "baseline")}, "delta": d.get("delta", {})}
+    for role, by_metric in cells.items():
+        for m, cell in by_metric.items():
+            if cell.get("value") is not None:
+                meta[f"fairness/{m}/{role}"] = dg.MetadataValue.float(cell["value"])
+    return meta
 
 
 def _report(ctx: pipeline.TaskContext, inputs: pipeline.EvalInputs) -> dict:

@@ -420,6 +420,7 @@ def render_report(result: dict, quality: dict | None, drift: dict | None, curves
          "<nav><a href='#evidence'>evidence</a><a href='#gates'>gates</a><a href='#models'>models</a>"
          "<a href='#metrics'>metrics</a><a href='#quality'>data quality</a><a href='#drift'>drift</a>"
          + ("<a href='#errors'>error analysis</a>" if error_analysis else "")
+         + ("<a href='#fairness'>fairness</a>" if result.get("metrics", {}).get("fairness") else "")
          + "<a href='#reproducibility'>reproducibility</a></nav>",
          "<h2>Summary</h2>",
          f"<p class=summary>{e(executive_summary(result, quality, drift))}</p>",
@@ -483,6 +484,9 @@ def render_report(result: dict, quality: dict | None, drift: dict | None, curves
     warnings = result.get("metrics", {}).get("warnings", []) + result.get("gate_summary", {}).get("warnings", [])
     if warnings:
         s += ["<h3>Warnings</h3>", "<ul>" + "".join(f"<li>{e(w)}</li>" for w in warnings) + "</ul>"]
+    from .report_fairness import fairness_html
+
+    s.append(fairness_html(result.get("metrics", {}).get("fairness"), _table))  # empty without a fairness section
     s += ["<h2 id=quality>Data quality</h2>", _quality_section(quality, quality_uri),
           "<h2 id=drift>Drift</h2>", _drift_section(drift, drift_html_uri, prediction_drift),
           _error_section(error_analysis),
