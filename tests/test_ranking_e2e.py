@@ -116,12 +116,17 @@ def _evaluate(fx, candidate: str, capsys):
     return code, result, capsys.readouterr(), time.perf_counter() - started
 
 
-def _dagster_verdicts(home) -> list:
+def _dagster_metadata(home, asset: str) -> list[dict]:
+    """Metadata of an asset's materializations recorded in the Dagster instance (what the UI shows; oldest first)."""
     from dagster._core.instance.ref import InstanceRef
 
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
-        records = instance.fetch_materializations(dg.AssetKey([TASK, "release_gates"]), limit=100).records
-        return [r.asset_materialization.metadata["verdict"].value for r in reversed(records)]
+        records = instance.fetch_materializations(dg.AssetKey([TASK, asset]), limit=100).records
+        return [{k: v.value for k, v in r.asset_materialization.metadata.items()} for r in reversed(records)]
+
+
+def _dagster_verdicts(home) -> list:
+    return [m["verdict"] for m in _dagster_metadata(home, "release_gates")]
 
 
 def _ap_at_k(labels_in_rank_order, k):
@@ -190,6 +195,11 @@ def test_planted_ranking_regression_fails_the_ndcg_gate(ranking, capsys):
     assert "FAIL" in report_md and "ndcg_at_10_not_worse" in report_md and "ndcg@10" in report_md
     assert "map@10" in open(f"{folder}/report.html").read()
     assert _dagster_verdicts(fx["root"] / "dagster_home")[-1] == "FAIL"
+    shown = _dagster_metadata(fx["root"] / "dagster_home", "evaluation")[-1]  # the evaluation asset in the UI
+    overall = slices["overall"]["models"]["candidate"]
+    for m in SPEC["metrics"]:
+        assert f"| {m} | {overall[m]['value']:.4f} [" in shown["overall"], m
+    assert "queries left out" in shown["warnings"]
     assert Registry(fx["lake"]).champion(NAME) == "1"
     print(f"\nranking @2 (planted regression): FAIL in {seconds:.1f} s")
 
