@@ -39,8 +39,12 @@ class ScoringError(ValueError):
     """A model that could not be scored; the message names the model version and what was wrong."""
 
 
+# task types whose model outputs one real number per row through predict() (ranking: higher = ranked earlier)
+PREDICT_TASKS = ("regression", "ranking")
+
+
 def score_columns(spec: EvalSpec) -> list[str]:
-    if spec.task_type == "binary_classification":
+    if spec.task_type in ("binary_classification", "ranking"):
         return ["score"]
     if spec.task_type == "regression":
         return ["prediction"]
@@ -116,13 +120,13 @@ def load_model(registry: Registry, manifest: ModelManifest, trusted_types: list[
 def _predict_batch(loaded: LoadedModel, features: pd.DataFrame, spec: EvalSpec) -> np.ndarray:
     ref = loaded.manifest.ref
     try:
-        if spec.task_type == "regression":
+        if spec.task_type in PREDICT_TASKS:
             out = loaded.model.predict(features)
         else:
             out = loaded.model.predict_proba(features)
     except Exception as exc:  # noqa: BLE001 - a model that raises is reported, not propagated raw
         raise ScoringError(f"model {ref} raised while scoring {len(features)} rows: {type(exc).__name__}: {exc}") from None
-    if spec.task_type != "regression":
+    if spec.task_type not in PREDICT_TASKS:
         out = _columns_in_spec_order(out, getattr(loaded.model, "classes_", None), spec, f"model {ref}")
     return shape_output(out, len(features), spec, f"model {ref}")
 
@@ -157,7 +161,7 @@ def shape_output(out, n: int, spec: EvalSpec, what: str) -> np.ndarray:
             out = out[:, 1]
         elif out.ndim != 1 or out.shape[0] != n:
             raise ScoringError(f"{what}: predict_proba returned shape {out.shape}; expected ({n}, 2) or ({n},)")
-    elif spec.task_type == "regression":
+    elif spec.task_type in PREDICT_TASKS:
         out = out.reshape(-1) if out.ndim == 2 and out.shape[1] == 1 else out
         if out.shape != (n,):
             raise ScoringError(f"{what}: predict returned shape {out.shape}; expected ({n},)")
@@ -175,7 +179,7 @@ def _show(value: Any) -> str:
 
 def _check_scores(values: np.ndarray, ids: np.ndarray, spec: EvalSpec, ref: str) -> None:
     _refuse_rows(~np.isfinite(values), ids, spec, ref, "non-finite score(s) (NaN or inf)")
-    if spec.task_type != "regression":
+    if spec.task_type not in PREDICT_TASKS:
         _refuse_rows((values < 0) | (values > 1), ids, spec, ref, "score(s) outside [0, 1]", "; expected probabilities")
 
 
