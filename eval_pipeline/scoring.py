@@ -382,3 +382,45 @@ def _lookup_scores(lookup: pd.DataFrame, ids: pd.Series, ref: str, id_col: str) 
     values = lookup.to_numpy(dtype="float64")[idx]
     return values[:, 0] if values.shape[1] == 1 else values
 
+
+
+def predictions_for_ids(registry: Registry, manifest: ModelManifest, spec: EvalSpec, ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A predictions-flavor model's scores for a few ids (a drift window's sample), in bounded memory: the artifact
+    is copied out of the lake while its sha256 is checked, then streamed once keeping only the rows of ``ids``.
+    Returns (scores in ``ids`` order: 1-D for one score column, else 2-D; NaN where missing, found mask).
+    Memory grows with ``len(ids)``, not with the file. Duplicates are refused among the wanted ids only."""
+    import pyarrow.compute as pc
+
+    from . import external_join as xj
+
+    cols = score_columns(spec)
+    file_id = manifest.id_column or spec.columns.id
+    score_cols = manifest.score_columns or cols
+    with xj.new_workdir() as tmp:
+        local = _verified_copy(registry, manifest, tmp)
+        try:
+            pf = pq.ParquetFile(local, pre_buffer=False)
+        except Exception as exc:  # noqa: BLE001
+            raise ScoringError(f"model {manifest.ref}: predictions file is not readable parquet: {exc}") from None
+        have = _frame_columns(pf)
+        missing = [c for c in [file_id, *score_cols] if c not in have]
+        if missing:
+            raise ScoringError(f"model {manifest.ref}: predictions file lacks column(s) {missing} (has {have})")
+        ktype = xj.key_type(pf.schema_arrow.field(file_id).type, pa.array(ids.to_numpy()).type)
+        wanted = pa.array(ids.to_numpy())
+        if ktype is not None:
+            wanted = pc.cast(wanted, ktype, safe=False)
+        parts = []
+        for batch in pf.iter_batches(batch_size=xj.READ_ROWS, columns=[file_id, *score_cols]):
+            keys = batch.column(0) if ktype is None else pc.cast(batch.column(0), ktype, safe=False)
+            mask = pc.is_in(keys, value_set=wanted)
+            if pc.any(mask).as_py():
+                parts.append(batch.filter(mask).to_pandas())
+    frame = (pd.concat(parts, ignore_index=True) if parts
+             else pd.DataFrame({c: pd.Series(dtype="float64") for c in [file_id, *score_cols]}))
+    lookup = _prediction_lookup(LoadedModel(manifest, predictions=frame), spec, cols)
+    idx = lookup.index.get_indexer(ids)
+    found = idx >= 0
+    values = lookup.to_numpy(dtype="float64")[np.where(found, idx, 0)] if len(lookup) else np.full((len(ids), len(cols)), np.nan)
+    values[~found] = np.nan
+    return (values[:, 0] if values.shape[1] == 1 else values), found

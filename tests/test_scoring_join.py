@@ -144,3 +144,21 @@ def test_tampered_predictions_file_is_refused_before_reading(tmp_path):
     lake.write_bytes(reg.artifact_path(m), b"PAR1 not the registered bytes")
     with pytest.raises(Exception, match=r"has sha256 .* but the manifest pins"):
         score_model(lake, reg, toy_spec(), snap, m, external_join=True)
+
+
+def test_predictions_for_a_few_ids_stream_the_file(tmp_path):
+    frame = toy_frame()
+    lake, snap, reg = _lake(tmp_path, "few", frame, toy_spec())
+    preds = _shuffled_scores(frame)
+    preds = pd.concat([preds, preds[preds["row"] == 1_000_005]], ignore_index=True)  # a duplicate nobody asks for
+    m = _register(reg, preds, score_columns=["p"])
+    from eval_pipeline.scoring import predictions_for_ids
+
+    wanted = pd.Series([17, 5, 10**7, 1999])
+    values, found = predictions_for_ids(reg, m, toy_spec(), wanted)
+    want = preds.drop_duplicates("row").set_index("row")["p"].reindex(wanted).to_numpy()
+    assert found.tolist() == [True, True, False, True]
+    np.testing.assert_array_equal(values[found], want[found])
+    assert np.isnan(values[~found]).all()
+    with pytest.raises(ScoringError, match=r"1 duplicate id\(s\), e.g. row=1000005"):
+        predictions_for_ids(reg, m, toy_spec(), pd.Series([1_000_005, 3]))
