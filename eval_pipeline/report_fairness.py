@@ -60,3 +60,16 @@ def fairness_html(block: dict | None, table) -> str:
     gh, gr = group_rows(block)
     return ("<h2 id=fairness>Fairness</h2>" + f"<p>{intro}</p>" + table(dh, dr)
             + f"<details><summary>rates per group ({len(gr)} groups)</summary>{table(gh, gr)}</details>")
+
+
+def fairness_markdown(result: dict) -> str:
+    """The disparities table for report.md (and so the decision_report metadata); empty without a fairness block."""
+    block = result.get("metrics", {}).get("fairness")
+    if not block:
+        return ""
+    from .markdown import md_table
+
+    note = "" if block.get("status") == "ok" else f"\n\nNo disparity: {block.get('too_small')}."
+    return (f"\n\n## Fairness\n\nGroups of {' × '.join(block.get('sensitive', []))}; groups under "
+            f"{block.get('min_group_size')} rows left out; unadjusted {block.get('confidence', 0.95):.0%} intervals "
+            f"(the fairness gates are in the gates table).{note}\n\n" + md_table(*disparity_rows(block)) + "\n")

@@ -523,7 +523,9 @@ def render_report_markdown(base_markdown: str, result: dict, quality: dict | Non
 
         extra += [PLOTS_HEADING, "", f"![key plots](data:image/png;base64,{base64.b64encode(png).decode('ascii')})",
                   ""]
-    return "\n".join(head + extra + rest)
+    from .report_fairness import fairness_markdown
+
+    return "\n".join(head + extra + rest) + fairness_markdown(result)  # empty without a fairness section
 
 
 def plots_markdown_from(markdown: str, result: dict, report_url: str | None = None) -> str:

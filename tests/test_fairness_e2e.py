@@ -142,6 +142,8 @@ def test_report_has_the_fairness_section(evaluated):
     html = lake.read_text(result["paths"]["report_html"])
     assert "<h2 id=fairness>Fairness</h2>" in html and "href='#fairness'" in html
     assert "grp=q" in html and "demographic_parity_difference" in html and DP_GATE in html
+    md = lake.read_text(result["paths"]["report_md"])
+    assert "## Fairness" in md and "| demographic_parity_difference |" in md
 
 
 def test_dagster_records_the_fairness_metadata_and_the_deciding_fairness_gates(evaluated):
@@ -159,6 +161,8 @@ def test_dagster_records_the_fairness_metadata_and_the_deciding_fairness_gates(e
                 entry = mat.metadata[f"fairness/demographic_parity_difference/{role}"]
                 assert isinstance(entry, dg.FloatMetadataValue) and entry.value == cell["value"]
             assert "equalized_odds_difference" in mat.metadata["fairness"].value
+        report = instance.get_latest_materialization_event(dg.AssetKey([TASK, "decision_report"]))
+        assert "## Fairness" in report.asset_materialization.metadata["report"].value
         (run,) = instance.get_run_records(filters=dg.RunsFilter(
             job_name=f"{TASK}__evaluate", tags={"eval/task": TASK, "eval/version": "2"}))
         events = instance.get_records_for_run(run.dagster_run.run_id,
