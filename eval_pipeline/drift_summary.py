@@ -92,6 +92,8 @@ class _Coder:
     def codes(self, values: pd.Series | np.ndarray) -> np.ndarray | None:
         """Per row, the value's id (-1: missing or infinite); counts them. None: the cap was passed."""
         local, uniques = pd.factorize(values, use_na_sentinel=True)
+        if len(uniques) > self.cap:  # past the cap whatever was seen before (checked before any Python loop)
+            return None
         uniques = np.asarray(uniques, dtype=object)
         ids = np.array([-1 if _is_inf(v) else self.ids.setdefault(v, len(self.ids)) for v in uniques] + [-1],
                        dtype=np.int64)
