@@ -251,14 +251,26 @@ def write_part(lake: Lake, spec: EvalSpec, file: dict) -> dict:
         out = f"{parts_folder(spec.task)}/{part_id(digest, spec, order)}.parquet"
         tables = iter([source.read_all()]) if order == "part" else source.batches()
         entry = _write_tables(lake, spec, out, rel, (sort_rows(normalise_types(t.select(columns), spec, rel, lake),
-                                                               spec) for t in tables))
+                                                               spec) for t in tables),
+                              before_commit=lambda: _unchanged_since_listed(lake, file, size))
     finally:
         source.close()
     return {**entry, "order": order, "source": source_entry}
 
 
-def _write_tables(lake: Lake, spec: EvalSpec, out: str, rel: str, tables: Iterator[pa.Table]) -> dict:
-    """Stream normalised tables into one parquet part (atomically), hashing it as it goes."""
+def _unchanged_since_listed(lake: Lake, file: dict, hashed_size: int) -> None:
+    """The file was hashed, then parsed: if it was replaced meanwhile, the part would not be the hashed content."""
+    now = lake.info(file["rel"])
+    if (now["size"] != hashed_size or file.get("size") not in (None, hashed_size)
+            or (file.get("mtime") is not None and now["mtime"] != file["mtime"])):
+        raise DataError(f"{lake.uri(file['rel'])}: the file changed while it was being read (size/mtime "
+                        f"{file.get('size')}/{file.get('mtime')} when listed, {now['size']}/{now['mtime']} now); "
+                        f"refresh again once the upload is complete")
+
+
+def _write_tables(lake: Lake, spec: EvalSpec, out: str, rel: str, tables: Iterator[pa.Table], before_commit) -> dict:
+    """Stream normalised tables into one parquet part (atomically), hashing it as it goes; ``before_commit`` may
+    still refuse the part before it appears."""
     ts = spec.columns.timestamp
     rows, lows, highs, schema = 0, [], [], None
     with lake.atomic_open(out) as raw:
@@ -282,6 +294,7 @@ def _write_tables(lake: Lake, spec: EvalSpec, out: str, rel: str, tables: Iterat
         finally:
             if writer is not None:
                 writer.close()
+        before_commit()
     time_range = merge_time_ranges([[lo, hi] for lo, hi in zip(lows, highs)]) if ts and rows else None
     return {"path": out, "rows": rows, "size": sink.size, "sha256": sink.hexdigest(), "time_range": time_range,
             "schema": {f.name: str(f.type) for f in schema}}

@@ -279,3 +279,25 @@ def test_a_spec_with_other_columns_does_not_reuse_parts(tmp_path):
     assert got["extra"].tolist() == want["extra"].tolist()
     with pytest.raises(DataError, match=r"part-0\.parquet: missing column\(s\) \['carrier'\] required by spec"):
         refresh_snapshot(lake, toy_spec(slices={"columns": ["carrier"], "min_size": 50}))
+
+
+def test_a_file_replaced_while_it_is_read_is_refused_and_leaves_no_part(tmp_path, monkeypatch):
+    lake = Lake(str(tmp_path / "lake"))
+    spec = toy_spec()
+    deliver(lake, 0)
+    first = refresh_snapshot(lake, spec)
+    deliver(lake, 1)
+    real = Lake.sha256
+
+    def hash_then_replace(self, rel):
+        out = real(self, rel)
+        if rel.endswith("part-1.parquet"):  # an upload overwriting the file right after it was hashed
+            self.write_parquet(rel, batch(1, n=123))
+        return out
+
+    monkeypatch.setattr(Lake, "sha256", hash_then_replace)
+    before = {f["rel"] for f in lake.find("snapshots")}
+    with pytest.raises(DataError, match=r"part-1\.parquet: the file changed while it was being read"):
+        refresh_snapshot(lake, spec)
+    assert {f["rel"] for f in lake.find("snapshots")} == before  # no part, no manifest
+    assert load_snapshot(lake, "toy").snapshot_id == first.snapshot_id
