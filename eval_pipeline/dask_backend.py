@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
 LOCAL = "local"
+CONNECT_TIMEOUT = "30s"  # a scheduler that does not answer in this time is down (Dask's own default)
 
 
 class DaskBackend:
@@ -38,7 +39,11 @@ class DaskBackend:
                 self._owned.append(cluster)
                 self._client = Client(cluster)
             else:
-                self._client = Client(self.address)
+                try:
+                    self._client = Client(self.address, timeout=CONNECT_TIMEOUT)
+                except OSError as exc:
+                    raise ConnectionError(f"EVAL_DASK_ADDRESS={self.address}: cannot reach the Dask scheduler "
+                                          f"({exc}); start it or unset EVAL_DASK_ADDRESS to evaluate in process") from None
             self._owned.insert(0, self._client)
         return self._client
 

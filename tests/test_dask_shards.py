@@ -20,10 +20,11 @@ from eval_pipeline.engine import SliceConfig, evaluate
 from eval_pipeline.engine.errors import EngineInputError
 from eval_pipeline.engine.evaluate import evaluate_accumulator, make_combiner
 from eval_pipeline.engine.shards import SharedSpillStorage, evaluate_shards, map_merge
-from eval_pipeline.engine.spill import SpilledRows, SpilledRun
-from eval_pipeline.evaluation_shards import snapshot_shards
+from eval_pipeline.engine.spill import DEFAULT_SPILL_ROWS, DiskStorage, SpilledRows, SpilledRun
+from eval_pipeline.evaluation_shards import snapshot_shards, spill_arguments
 from eval_pipeline.lake import Lake
 from eval_pipeline.registry import Registry
+from eval_pipeline.settings import load_settings
 
 from .toy import fit_model, land, register_joblib, toy_frame, toy_spec
 
@@ -230,8 +231,26 @@ def test_pipeline_metrics_and_gates_are_byte_identical_with_dask(dask, tmp_path,
     *_, spilled = _evaluate_task(tmp_path / "dask_spill", monkeypatch, {
         "EVAL_DASK_ADDRESS": scheduler, "EVAL_ENGINE_SPILL_ROWS": "100", "EVAL_ENGINE_SPILL_DIR": str(spill)})
     assert spilled == single and os.listdir(spill) == []
+    flushed = []
+    real_flush = DiskStorage.flush
+    monkeypatch.setattr(DiskStorage, "flush", lambda self, store: flushed.append(1) or real_flush(self, store))
+    *_, auto = _evaluate_task(tmp_path / "auto_spill", monkeypatch, {"EVAL_ENGINE_SPILL_ABOVE_ROWS": "1000"})
+    assert auto == single and flushed  # 1944 rows > 1000: the engine spilled, in process
     overall = json.loads(single["metrics.json"])["slices"][0]
     assert overall["n"] == len(window)
     p = candidate.predict_proba(window[["a", "b"]])[:, 1]
     assert overall["models"]["candidate"]["roc_auc"]["value"] == pytest.approx(roc_auc_score(window.y, p), abs=1e-12)
     assert overall["models"]["candidate"]["log_loss"]["value"] == pytest.approx(log_loss(window.y, p), rel=1e-9)
+
+
+def test_big_binary_evaluations_spill_unless_the_operator_chose():
+    above = load_settings({"EVAL_ENGINE_SPILL_ABOVE_ROWS": "1000"})
+    assert spill_arguments(above, "binary_classification", 1001, remote=False) == {"spill_rows": DEFAULT_SPILL_ROWS}
+    assert spill_arguments(above, "binary_classification", 1000, remote=False) == {}
+    assert spill_arguments(above, "regression", 10**9, remote=False) == {}  # only the binary family spills
+    assert spill_arguments(above, "binary_classification", 1001, remote=True) == {}  # no shared directory named
+    assert load_settings({}).engine_spill_above_rows == 10_000_000
+    never = load_settings({"EVAL_ENGINE_SPILL_ABOVE_ROWS": "0"})
+    assert spill_arguments(never, "binary_classification", 10**9, remote=False) == {}
+    chosen = load_settings({"EVAL_ENGINE_SPILL_ROWS": "5000"})  # the engine reads the operator's choice itself
+    assert spill_arguments(chosen, "binary_classification", 10**9, remote=False) == {}
