@@ -106,14 +106,19 @@ def _built_snapshot(refresh_run, spec) -> str:
 
 
 def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagster_home: str | None = None,
-                   output: str | None = None) -> tuple[int, dict | None]:
-    """Refresh, validate, score, measure, gate, drift and report one candidate through Dagster, in-process."""
+                   output: str | None = None, force_refresh: bool = False) -> tuple[int, dict | None]:
+    """Refresh, validate, score, measure, gate, drift and report one candidate through Dagster, in-process.
+
+    Refresh, validation and drift are skipped when the landing zone's snapshot is unchanged and this instance already
+    validated it and computed its drift under the same spec (``assets.dataset.current_dataset``); ``force_refresh``
+    runs them anyway."""
 
     from eval_pipeline import pipeline
     from eval_pipeline.definitions import build_definitions
     from eval_pipeline.lake import Lake
     from eval_pipeline.registry import Registry, parse_ref, version_sort_key
     from assets.automation import baseline_tag, evaluation_request
+    from assets.dataset import current_dataset
     from assets.common import (TAG_TASK, TAG_TRIGGER, evaluate_job_name, evaluations_partitions, refresh_job_name,
                                versions_partitions)
     from eval_pipeline.spec import load_spec
@@ -151,18 +156,25 @@ def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagste
 
     run_config = {"loggers": {"progress": {}}}
     started = time.perf_counter()
-    # 1. Refresh: builds and validates a snapshot. The evaluation then uses the snapshot THIS run built, not a
-    #    pointer that a concurrent refresh (a sensor, another CLI) may have moved meanwhile.
-    _say(f"running {refresh_job_name(spec)}")
-    refresh = defs.resolve_job_def(refresh_job_name(spec)).execute_in_process(
-        instance=instance, raise_on_error=False, run_config=run_config, tags={TAG_TRIGGER: "cli", TAG_TASK: spec.task})
-    if not refresh.success:
-        if any(not e.passed for e in refresh.get_asset_check_evaluations()):
-            _say("data quality FAILED: the evaluation is blocked (see messages above)")
-        else:
-            _say("run failed: " + _first_error(refresh))
-        return EXIT_ERROR, None
-    snapshot_id = _built_snapshot(refresh, spec)
+    # 1. Refresh: builds and validates a snapshot. The evaluation then uses the snapshot THIS run built (or found
+    #    unchanged and validated), not a pointer that a concurrent refresh (a sensor, another CLI) may move meanwhile.
+    current, why = (None, "--force-refresh") if force_refresh else current_dataset(instance, ctx)
+    if current is not None:
+        snapshot_id = current.snapshot_id
+        _say(f"snapshot {snapshot_id} unchanged, validated and its drift computed: not running "
+             f"{refresh_job_name(spec)}")
+    else:
+        _say(f"running {refresh_job_name(spec)} ({why})")
+        refresh = defs.resolve_job_def(refresh_job_name(spec)).execute_in_process(
+            instance=instance, raise_on_error=False, run_config=run_config,
+            tags={TAG_TRIGGER: "cli", TAG_TASK: spec.task})
+        if not refresh.success:
+            if any(not e.passed for e in refresh.get_asset_check_evaluations()):
+                _say("data quality FAILED: the evaluation is blocked (see messages above)")
+            else:
+                _say("run failed: " + _first_error(refresh))
+            return EXIT_ERROR, None
+        snapshot_id = _built_snapshot(refresh, spec)
 
     # 2. The inputs, resolved once (the champion now is the baseline, with its sha256), travel in the run config.
     inputs = pipeline.resolve_inputs(ctx, version, snapshot_id)
@@ -199,7 +211,8 @@ def run_evaluation(spec_path: str, lake_root: str, candidate: str | None, dagste
 
 
 def cmd_evaluate(args) -> int:
-    code, _ = run_evaluation(args.spec, args.lake, args.candidate, args.dagster_home, args.output)
+    code, _ = run_evaluation(args.spec, args.lake, args.candidate, args.dagster_home, args.output,
+                             force_refresh=args.force_refresh)
     return code
 
 
@@ -325,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--candidate", help="NAME@VERSION (default: newest version that is not champion)")
     e.add_argument("--dagster-home", help="persist runs here (default: $DAGSTER_HOME, else ephemeral)")
     e.add_argument("--output", help="also write the result JSON to this file")
+    e.add_argument("--force-refresh", action="store_true",
+                   help="refresh, validate and compute drift even when the snapshot is unchanged and already "
+                        "validated in this Dagster instance (by default those steps are skipped then)")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("register", help="register a model version (artifact first, manifest last)")
