@@ -143,11 +143,30 @@ class FairnessCombiner:
     def add_batch(self, acc: dict, batch, offset: int = 0) -> dict:
         cell = self._cells(batch, offset)
         codes, uniques = zip(*(codes_and_uniques(column(batch, c)) for c in self.sensitive))
-        key = np.column_stack([np.asarray(k, dtype=np.int64) for k in codes] + [cell])
-        rows, counts = np.unique(key, axis=0, return_counts=True)
-        for row, k in zip(rows.tolist(), counts.tolist()):
-            group = tuple(None if code < 0 else _plain(uniques[j][code]) for j, code in enumerate(row[:-1]))
-            acc.setdefault(group, np.zeros(self.n_cells, dtype=np.int64))[row[-1]] += k
+        # one mixed-radix integer per row: (code of each column + 1, 0 = null) then the cell; counted with bincount
+        # when the key space is small (the usual case), else by sorting (np.unique is ~20x slower on 2-d rows)
+        radix = [len(u) + 1 for u in uniques] + [self.n_cells]
+        key = np.zeros(cell.size, dtype=np.int64)
+        for digit, r in zip([np.asarray(k, dtype=np.int64) + 1 for k in codes] + [cell], radix):
+            key = key * r + digit
+        space = int(np.prod(radix, dtype=object))
+        if space <= max(4 * cell.size, 1 << 16):
+            tally = np.bincount(key, minlength=space)
+            keys = np.flatnonzero(tally)
+            counts = tally[keys]
+        elif space < 1 << 62:
+            keys, counts = np.unique(key, return_counts=True)
+        else:
+            raise EngineInputError(f"fairness.sensitive {self.sensitive}: too many combinations of values in one "
+                                   f"batch ({space:.3g}); use fewer or coarser group columns")
+        for kk, n in zip(keys.tolist(), counts.tolist()):
+            kk, c = divmod(kk, self.n_cells)
+            digits = []
+            for r in reversed(radix[:-1]):
+                kk, d = divmod(kk, r)
+                digits.append(d - 1)
+            group = tuple(None if code < 0 else _plain(uniques[j][code]) for j, code in enumerate(reversed(digits)))
+            acc.setdefault(group, np.zeros(self.n_cells, dtype=np.int64))[c] += n
         return acc
 
     def merge_accumulators(self, accs) -> dict:

@@ -225,3 +225,24 @@ def test_undefined_and_too_small_are_explicit():
                                                 baseline=None), fr2),
                          [GateDef("demographic_parity_difference", "absolute", max=0.1, slices=[slice_name(["g"])])])
     assert report.verdict == "INCONCLUSIVE" and "1 of 2 groups" in report.gates[0]["rule"]
+
+
+@pytest.mark.parametrize("n_values", [5, 3000])  # a small key space (bincount) and a large one (sorted keys)
+def test_counts_equal_a_pandas_groupby_with_nulls(n_values):
+    rng = np.random.default_rng(n_values)
+    n = 2000
+    df = pd.DataFrame({"y": rng.integers(0, 2, n), "a": rng.random(n), "b": rng.random(n),
+                       "g": rng.choice([f"v{i}" for i in range(n_values)], n).astype(object),
+                       "h": rng.integers(0, 7, n)})
+    df.loc[::13, "g"] = None
+    comb = FairnessCombiner(label="y", predictions={"baseline": "a", "candidate": "b"}, sensitive=["g", "h"])
+    acc = comb.create_accumulator()
+    for part in np.array_split(np.arange(n), 3):
+        comb.add_batch(acc, df.iloc[part])
+    fin = comb.finish(acc)
+    cell = (df["y"].to_numpy() << 2) | ((df["a"] >= 0.5).to_numpy().astype(int) << 1) | (df["b"] >= 0.5).to_numpy()
+    ref = df.assign(c=cell).groupby(["g", "h", "c"], dropna=False).size()
+    expected = {(None if pd.isna(g) else g, h, c): k for (g, h, c), k in ref.items()}
+    got = {(g[0], g[1], c): int(fin.counts[i, c]) for i, g in enumerate(fin.groups) for c in range(8)
+           if fin.counts[i, c]}
+    assert got == expected and fin.counts.sum() == n
