@@ -229,7 +229,8 @@ def split_partition_key(key: str) -> tuple[str, str]:
 
 
 def has_absolute_gates(spec: EvalSpec) -> bool:
-    return any(g.kind == "absolute" for g in spec.gates)
+    fairness = spec.fairness.gates if spec.fairness else []  # max / min fairness gates need no baseline either
+    return any(g.kind == "absolute" for g in spec.gates) or any(not g.paired for g in fairness)
 
 
 def no_baseline_message(ctx: TaskContext, version: str) -> str:
@@ -292,7 +293,7 @@ def _gate_defs(ctx: TaskContext, inputs: EvalInputs):
     gates = [GateDef(metric=g.metric, kind=g.kind, min=g.min, max=g.max, margin=g.margin,
                      slices=g.slices if isinstance(g.slices, str) else list(g.slices), name=g.name)
              for g in ctx.spec.gates if inputs.baseline is not None or g.kind == "absolute"]
-    if not gates and inputs.baseline is None and not inputs.monitoring:
+    if not gates and inputs.baseline is None and not inputs.monitoring and not has_absolute_gates(ctx.spec):
         raise NoBaselineError(no_baseline_message(ctx, inputs.version))
     return gates
 
