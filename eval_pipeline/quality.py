@@ -1,12 +1,15 @@
 """Data-quality validation with Great Expectations 1.x, called directly (no Dagster here).
 
-Entry points: :func:`validate_dataset` -> :class:`QualityResult`, and :func:`render_html`. The checks are built per
-expectation kind in :mod:`eval_pipeline.quality_expectations` (add a kind there); the result types live in
-:mod:`eval_pipeline.quality_result`.
+Entry points: :func:`validate_dataset` -> :class:`QualityResult` (one frame), :func:`validate_batches` (a stream of
+frames in bounded memory, merged exactly into the whole dataset's result: :mod:`eval_pipeline.quality_merge`), and
+:func:`render_html`. The checks are built per expectation kind in :mod:`eval_pipeline.quality_expectations` (add a
+kind there, and its merge rule in ``quality_merge``); the result types live in :mod:`eval_pipeline.quality_result`.
 
 Design notes
 ------------
-* GX runs in an *ephemeral* context built per call (≈ 10 ms), with progress bars and analytics off.
+* GX runs in an *ephemeral* context built per call (≈ 10 ms), with progress bars and analytics off; a batched
+  validation builds one for all its batches (:class:`SuiteRunner`). ``great_expectations`` is imported there,
+  not at module level (3-6 s): a pipeline step that reuses a stored result never imports it.
 * Every expectation carries ``meta={"check_id": ...}`` so results are mapped back to our own check list
   (GX does not return results in suite order).
 * ``to_dict()`` is deterministic (no run ids or run times). Run metadata lives in ``QualityResult.run_info``

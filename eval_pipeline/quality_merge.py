@@ -154,11 +154,12 @@ class DuplicateFinder:
         values, ordinals, labels = values[keep].reset_index(drop=True), ordinals[keep], labels[keep]
         if not len(values):
             return
+        same = labels.dtype.kind in "iu" and np.array_equal(labels, ordinals)  # numbered as the whole: spill once
         route = _route(values) % np.uint64(self.partitions) if self.partitions > 1 else np.zeros(len(values), int)
         for p in np.unique(route):
             m = route == p
             with open(self._path(int(p)), "ab") as fh:  # our own temporary files, read back by finish() only
-                pickle.dump((ordinals[m], labels[m], values[m].reset_index(drop=True)), fh)
+                pickle.dump((ordinals[m], None if same else labels[m], values[m].reset_index(drop=True)), fh)
 
     def finish(self, whole_dtype: Any) -> tuple[int, list, list]:
         """(rows sharing a value with another row, the first 20 such values and their index labels in order)."""
@@ -168,7 +169,7 @@ class DuplicateFinder:
             if not chunks:
                 continue
             ordinals = np.concatenate([c[0] for c in chunks])
-            labels = np.concatenate([np.asarray(c[1], dtype=object) for c in chunks])
+            labels = np.concatenate([c[0] if c[1] is None else np.asarray(c[1]) for c in chunks])
             values = pd.concat([c[2] for c in chunks], ignore_index=True)
             if str(values.dtype) != str(whole_dtype):
                 values = values.astype(whole_dtype)  # as the whole column compares them (int -> float)
@@ -217,10 +218,11 @@ class _Merge:
 
     def add(self, check: Check, er: Any, frame: pd.DataFrame, run: _BatchedRun) -> None:
         self.check = check
-        if er is not None:
-            self.raised = self.raised or _exception_message(er.exception_info or {})
-            if not self.raised:
-                self.add_result(dict(er.result or {}), frame, run)
+        if er is None:  # should not happen
+            self.raised = self.raised or "GX returned no result"
+        self.raised = self.raised or _exception_message(er.exception_info or {})
+        if not self.raised:
+            self.add_result(dict(er.result or {}), frame, run)
 
     def add_result(self, res: dict, frame: pd.DataFrame, run: _BatchedRun) -> None:
         raise NotImplementedError

@@ -76,6 +76,15 @@ class QualityResult:
         return "\n".join(lines)
 
 
+def _provenance(result: QualityResult) -> str:
+    p = result.provenance
+    if p.get("method") != "batched":
+        return ""
+    return (f"\n<p>Validated in batches and merged exactly (merge layout {p.get('merge_layout')}, "
+            f"{p.get('rows')} rows); expectations sha256 <code>{_html.escape(str(p.get('expectations_sha256')))}"
+            f"</code>.</p>")
+
+
 def render_html(result: QualityResult) -> str:
     """Small self-contained HTML page of a :class:`QualityResult` (no external assets)."""
     esc = _html.escape
@@ -110,7 +119,7 @@ tr.fail td:first-child{{color:#b00020;font-weight:bold}} code{{font-size:12px;wo
 .status-PASSED{{color:#2a7a2a}} .status-FAILED{{color:#b00020}}
 </style></head><body>
 <h1>Data quality: {esc(result.source)} — <span class="status-{status}">{status}</span></h1>
-<p>{s['evaluated']} expectations evaluated, {s['successful']} met, {s['failed']} failed.</p>
+<p>{s['evaluated']} expectations evaluated, {s['successful']} met, {s['failed']} failed.</p>{_provenance(result)}
 <table><thead><tr><th></th><th>expectation</th><th>column</th><th>result</th><th>observed</th></tr></thead>
 <tbody>{''.join(rows)}</tbody></table>
 {skipped}
