@@ -26,6 +26,7 @@ from eval_pipeline.lake import Lake
 from eval_pipeline.registry import Registry
 from eval_pipeline.settings import load_settings
 
+from .s3_util import moto_endpoint, s3_env, s3_lake  # noqa: F401
 from .toy import fit_model, land, register_joblib, toy_frame, toy_spec
 
 distributed = pytest.importorskip("distributed")
@@ -184,12 +185,12 @@ def test_a_bad_row_on_a_worker_is_named_by_its_row_in_the_whole_input(dask, tmp_
 
 
 # -- through the pipeline's steps ----------------------------------------------------------------------------------
-def _evaluate_task(root, monkeypatch, env):
+def _evaluate_task(lake, monkeypatch, env):
     """refresh, validate, score and metrics of the toy task (3 landed files, an evaluation window), in a fresh lake.
     Returns (ctx, snap, frame, candidate model, {file: bytes} of metrics.json and gates.json)."""
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    lake = Lake(str(root))
+    lake = lake if isinstance(lake, Lake) else Lake(str(lake))
     frame = toy_frame(3000, seed=4)
     land(lake, frame, parts=3)
     reg = Registry(lake)
@@ -214,11 +215,18 @@ def _evaluate_task(root, monkeypatch, env):
 START = "2024-01-23"  # the toy's rows are 30 minutes apart from 2024-01-01: the window starts at row 1056
 
 
-def test_pipeline_metrics_and_gates_are_byte_identical_with_dask(dask, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    """The toy task evaluated in this process, on a local lake: (ctx, snap, frame, candidate model, evidence)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("EVAL_DASK_ADDRESS", raising=False)
+        return _evaluate_task(tmp_path_factory.mktemp("single"), mp, {})
+
+
+def test_pipeline_metrics_and_gates_are_byte_identical_with_dask(dask, in_process, tmp_path, monkeypatch):
     import json
 
-    monkeypatch.delenv("EVAL_DASK_ADDRESS", raising=False)
-    ctx, snap, frame, candidate, single = _evaluate_task(tmp_path / "single", monkeypatch, {})
+    ctx, snap, frame, candidate, single = in_process
     shards = snapshot_shards(ctx.lake, snap, ctx.spec)
     window = frame[frame.ts >= pd.Timestamp(START, tz="UTC")]
     # 3 landed files of 1000 rows; the first lies before the window: two shards, 944 and 1000 rows
@@ -254,3 +262,26 @@ def test_big_binary_evaluations_spill_unless_the_operator_chose():
     assert spill_arguments(never, "binary_classification", 10**9, remote=False) == {}
     chosen = load_settings({"EVAL_ENGINE_SPILL_ROWS": "5000"})  # the engine reads the operator's choice itself
     assert spill_arguments(chosen, "binary_classification", 10**9, remote=False) == {}
+
+
+def test_workers_read_an_s3_lake_themselves(dask, in_process, s3_lake, monkeypatch):
+    """The lake travels to the workers with its root and S3 options (endpoint, retries); credentials come from the
+    workers' own AWS chain (here: their environment, as a pod's role or AWS_* would in production)."""
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE",
+             "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED")
+    creds = {k: os.environ[k] for k in names}
+    dask.client.run(_remember, creds)
+    try:
+        *_, sharded = _evaluate_task(s3_lake, monkeypatch, {"EVAL_DASK_ADDRESS": dask.client.scheduler.address})
+    finally:
+        dask.client.run(_forget, names)
+    assert sharded == in_process[-1]
+
+
+def _remember(values):  # runs on each worker (os.environ.update itself would pickle the client's environ)
+    os.environ.update(values)
+
+
+def _forget(names):
+    for k in names:
+        os.environ.pop(k, None)
