@@ -178,4 +178,5 @@ def is_metric_for(name: str, task_type: str) -> bool:
 
 def metric_syntax(task_type: str) -> str:
     """The valid metric names of a task type, as an error message shows them."""
-    return f"{metrics_for(task_type)} or any of {RANKING_SYNTAX}" if task_type == RANKING else str(metrics_for(task_type))
+    names = metrics_for(task_type)
+    return f"{names} or any of {RANKING_SYNTAX}" if task_type == RANKING else str(names)

@@ -130,10 +130,10 @@ def _flag_interval(cell: dict, diag: dict | None) -> None:
         cell["interval_blocks"] = diag.get("blocks", "pass")  # which gate decisions it cannot support
 
 
-def _size_status(n: int, n_pos: int | None, cfg: SliceConfig) -> tuple[str, str | None]:
+def _size_status(n: int, n_pos: int | None, cfg: SliceConfig, unit: str = "rows") -> tuple[str, str | None]:
     """("ok", None) or ("too_small", why): rows below ``min_size``, or (binary) a class below its minimum."""
     if n < cfg.min_size:
-        return "too_small", f"{n} rows < slices.min_size {cfg.min_size}"
+        return "too_small", f"{n} {unit} < slices.min_size {cfg.min_size}"
     if n_pos is not None and n_pos < cfg.min_positives:
         return "too_small", f"{n_pos} positive labels < slices.min_positives {cfg.min_positives}"
     if n_pos is not None and n - n_pos < cfg.min_negatives:
@@ -360,7 +360,7 @@ def _extract(comb, acc, config, slices, metrics, n_boot, seed, confidence, ece_b
     for j, sd in enumerate(sdefs):
         n = int(out["n"][j])
         n_pos = int(out["n_positive"][j]) if out.get("n_positive") is not None else None
-        status, why_small = _size_status(n, n_pos, slices)
+        status, why_small = _size_status(n, n_pos, slices, "queries" if config.task_type == RANKING else "rows")
         entry = {"slice": sd.name, "columns": dict(sd.columns), "n": n, "n_positive": n_pos,
                  "status": status, "models": {}, "delta": {}}
         if why_small:

@@ -252,7 +252,7 @@ def query_weights(keys: np.ndarray, seed: int, start: int, size: int) -> np.ndar
 
 
 # -- compute ----------------------------------------------------------------------------------------------------------
-def _query_atoms(merged, qidx, Q):
+def _query_atoms(merged, qidx):
     """The slice atom of each query; refused when a slice column varies within a query."""
     atom = merged.atom
     order = np.lexsort((atom, qidx))
@@ -273,74 +273,76 @@ def _query_atoms(merged, qidx, Q):
     return lo
 
 
-def compute(merged, slices, *, metrics, n_boot, seed, families, role_family):
-    """Per-slice means of per-query values and their query-level Poisson-bootstrap replicates."""
+def _kind(metric: str) -> str:
+    """Which queries a metric is defined on: NDCG needs a positive label, the others a relevant document."""
+    return "ndcg" if ranking_metric(metric)[0] == "ndcg" else "relevant"
+
+
+def _weighted_sums(merged, slices, metrics, qidx, Q):
+    """The sparse (slice x feature, query) matrix whose product with query weights gives, per slice, the weighted sum
+    of every (role, metric) value over its defined queries, then the weighted count of defined queries per kind."""
     config = merged.config
     S = len(slices)
-    keys_u, qidx = np.unique(merged.query_key, return_inverse=True)  # canonical query order: by key
-    qidx = qidx.ravel()
-    Q = keys_u.size
-    roles = config.roles
-    zero = config.no_relevant == "zero"
+    member = np.zeros((S, 0), bool)
     if Q:
-        qatom = _query_atoms(merged, qidx, Q)
+        qatom = _query_atoms(merged, qidx)
         member = np.stack([sl.atom_mask[qatom] for sl in slices])  # (S, Q)
-    else:
-        member = np.zeros((S, 0), bool)
-    feats, defined = [], {}
-    for r in roles:
+    kinds = list(dict.fromkeys(_kind(m) for m in metrics))
+    defined, feats = {}, []
+    for r in config.roles:
         vals = query_values(qidx, merged.label, merged.preds[r], metrics, config.relevance_min) if Q else {}
         for m in metrics:
             v, d = vals[m] if Q else (np.zeros(0), np.zeros(0, bool))
-            d = np.ones(Q, bool) if zero else d
-            defined.setdefault(m, d)
+            d = np.ones(Q, bool) if config.no_relevant == "zero" else d
+            defined.setdefault(_kind(m), d)  # the same for every role: it depends on the labels only
             feats.append(np.where(d, v, 0.0))
-    dkinds = list(dict.fromkeys(ranking_metric(m)[0] == "ndcg" for m in metrics))
-    dfeat = {kind: next(defined[m] for m in metrics if (ranking_metric(m)[0] == "ndcg") == kind) for kind in dkinds}
-    feats += [dfeat[kind].astype(np.float64) for kind in dkinds]
+    feats += [defined[k].astype(np.float64) for k in kinds]
     F = len(feats)
-    V = np.stack(feats) if feats else np.zeros((0, Q))
+    V = np.stack(feats)
     si, qi = np.nonzero(member)
     rows = (si[:, None] * F + np.arange(F)[None, :]).ravel()
-    cols = np.repeat(qi, F)
-    MX = sp.csr_matrix((V[:, qi].T.ravel(), (rows, cols)), shape=(S * F, Q))
+    MX = sp.csr_matrix((V[:, qi].T.ravel(), (rows, np.repeat(qi, F))), shape=(S * F, Q))
+    return MX, F, kinds, defined, member.sum(1).astype(np.int64)
 
-    def by_metric(H):  # (S * F, b) weighted sums -> role -> metric -> (S, b) weighted means
+
+def compute(merged, slices, *, metrics, n_boot, seed, families, role_family):
+    """Per-slice means of per-query values and their query-level Poisson-bootstrap replicates."""
+    config = merged.config
+    roles, S = config.roles, len(slices)
+    keys_u, qidx = np.unique(merged.query_key, return_inverse=True)  # canonical query order: by key
+    qidx = qidx.ravel()
+    Q = keys_u.size
+    MX, F, kinds, defined, n_q = _weighted_sums(merged, slices, metrics, qidx, Q)
+    n_vals = len(roles) * len(metrics)
+
+    def means(H):  # (S * F, b) weighted sums -> role -> metric -> (S, b) weighted means; and the counts (S, kind, b)
         H = H.reshape(S, F, -1)
-        out, f = {}, 0
-        for r in roles:
-            out[r] = {}
-            for m in metrics:
-                den = H[:, len(roles) * len(metrics) + dkinds.index(ranking_metric(m)[0] == "ndcg")]
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    out[r][m] = np.where(den > 0, H[:, f] / den, np.nan)
-                f += 1
-        return out, H
+        den = H[:, n_vals:]
+        out = {r: {} for r in roles}
+        for f, (r, m) in enumerate((r, m) for r in roles for m in metrics):
+            d = den[:, kinds.index(_kind(m))]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[r][m] = np.where(d > 0, H[:, f] / d, np.nan)
+        return out, den
 
-    point, H0 = by_metric(MX @ np.ones((Q, 1)))
-    n_q = member.sum(1).astype(np.int64)
+    point, den0 = means(MX @ np.ones((Q, 1)))
     values = {r: {m: point[r][m][:, 0] for m in metrics} for r in roles}
     reasons = {r: {m: [None] * S for m in metrics} for r in roles}
     for m in metrics:
-        ndcg = ranking_metric(m)[0] == "ndcg"
-        den = H0[:, len(roles) * len(metrics) + dkinds.index(ndcg), 0]
-        why = ("no query with a positive label (IDCG = 0)" if ndcg else
+        why = ("no query with a positive label (IDCG = 0)" if _kind(m) == "ndcg" else
                f"no query with a relevant document (label >= {config.relevance_min:g})")
-        for j in range(S):
-            if den[j] == 0:
-                for r in roles:
-                    reasons[r][m][j] = "empty slice" if n_q[j] == 0 else why
+        for j in np.flatnonzero(den0[:, kinds.index(_kind(m)), 0] == 0):
+            for r in roles:
+                reasons[r][m][j] = "empty slice" if n_q[j] == 0 else why
     reps = {}
     if n_boot > 0 and Q:
-        def block(i, size):
-            return by_metric(MX @ query_weights(keys_u, seed, i * bs.BLOCK, size))[0]
-        blocks = bs.run_blocks(n_boot, block)
+        blocks = bs.run_blocks(n_boot, lambda i, size: means(MX @ query_weights(keys_u, seed, i * bs.BLOCK, size))[0])
         reps = {r: {m: np.concatenate([b[r][m] for b in blocks], axis=1).T for m in metrics} for r in roles}
     warnings = []
-    if not zero and Q:
-        for kind in dkinds:
-            skipped = int((~dfeat[kind]).sum())
+    if config.no_relevant == "skip":
+        for k in kinds:
+            skipped = int((~defined[k]).sum())
+            what = "NDCG (every label 0)" if k == "ndcg" else "map/mrr/recall/precision (no relevant document)"
             if skipped:
-                what = "NDCG (every label 0)" if kind else "map/mrr/recall/precision (no relevant document)"
                 warnings.append(f"ranking: {skipped} of {Q} queries left out of {what} (ranking.no_relevant: skip)")
     return {"n": n_q, "n_positive": None, "values": values, "reasons": reasons, "reps": reps, "warnings": warnings}

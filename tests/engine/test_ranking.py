@@ -220,6 +220,8 @@ def test_slice_sizes_count_queries():
     for intent, n in counts.items():
         s = by[f"intent={intent}"]
         assert s["n"] == n and s["status"] == ("ok" if n >= 31 else "too_small")
+        if n < 31:
+            assert s["too_small"] == f"{n} queries < slices.min_size 31"
 
 
 def test_query_bootstrap_intervals_cover_the_population_value():
