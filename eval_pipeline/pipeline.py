@@ -28,6 +28,7 @@ from .packages import package_versions
 from .registry import ModelManifest, Registry
 from .scoring import predictions_path, score_columns, score_model
 from .refresh import refresh_snapshot
+from .robustness import with_robustness
 from .snapshot import DataError, Snapshot, eval_rows, latest_pointer, load_snapshot, read_window
 from .spec import EvalSpec, spec_text_from
 
@@ -420,10 +421,23 @@ def compute_metrics(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dic
         raise EvaluationError(str(exc)) from None
     report = apply_gates(gated, gates, multiplicity=spec.evaluation.multiplicity)
     metrics = result.to_dict() | ({"fairness": fairness} if fairness else {})
+    robust = _robustness(ctx, snap, candidate)
+    if robust is not None:
+        metrics["robustness"] = robust
     # Members of the set before result.json; a crash here leaves an incomplete set that the next run redoes.
     ctx.lake.write_json(f"{folder}/metrics.json", metrics)
-    ctx.lake.write_json(f"{folder}/gates.json", report.to_dict())
+    ctx.lake.write_json(f"{folder}/gates.json", with_robustness(report.to_dict(), robust))
     return metrics
+
+
+def _robustness(ctx: TaskContext, snap: Snapshot, candidate: ModelManifest) -> dict | None:
+    """The candidate re-scored on the spec's perturbations (eval_pipeline.robustness): its own gate family."""
+    from .robustness import RobustnessError, evaluate_robustness
+
+    try:
+        return evaluate_robustness(ctx.lake, ctx.registry, ctx.spec, snap, candidate, ctx.trusted_types)
+    except RobustnessError as exc:
+        raise EvaluationError(str(exc)) from None
 
 
 def build_result(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dict:

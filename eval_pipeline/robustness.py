@@ -313,3 +313,43 @@ def run_robustness(sample: pd.DataFrame, loaded: LoadedModel, spec: EvalSpec) ->
     rows = [g for e in out for g in e["gates"]]
     return {"rows": len(sample), "max_rows": rob.max_rows, "seed": seed, "alpha_per_perturbation": alpha,
             "perturbations": out, "verdict": _verdict(rows)}
+
+
+def evaluate_robustness(lake, registry, spec: EvalSpec, snap, manifest, trusted_types=None) -> dict | None:
+    """The ``robustness`` block of a result: the candidate re-scored on the spec's perturbations of a hashed sample
+    of the snapshot's evaluation rows. None when the spec has no robustness section; ``status: skipped`` for a
+    predictions-flavor candidate (there is no model to re-score)."""
+    from .scoring import load_model, trusted_types_for
+    from .snapshot import eval_rows
+
+    if spec.robustness is None or not spec.robustness.perturbations:
+        return None
+    if manifest.flavor == "predictions":
+        return {"status": "skipped", "verdict": None, "perturbations": [],
+                "reason": f"model {manifest.ref} is a predictions-flavor model: precomputed scores cannot be "
+                          f"re-scored on perturbed inputs"}
+    cols = list(dict.fromkeys([spec.columns.id, spec.columns.label] + list(spec.columns.features)))
+    sample = sample_rows(eval_rows(lake, snap, spec, cols), spec.columns.id, spec.robustness.max_rows,
+                         spec.evaluation.seed)
+    loaded = load_model(registry, manifest, trusted_types_for(spec, trusted_types))
+    return {"status": "ok", "model": manifest.ref, **run_robustness(sample, loaded, spec)}
+
+
+_RANK = {"PASS": 0, "INCONCLUSIVE": 1, "FAIL": 2}
+
+
+def with_robustness(gates_dict: dict, block: dict | None) -> dict:
+    """The gates report with the robustness gate rows appended (``kind`` robustness rows keep the engine's row keys)
+    and the verdict made the worse of the two: the robustness gates are their own multiplicity family (Bonferroni
+    across perturbations at the report's alpha), like a second gate matrix."""
+    if not block or not block.get("verdict"):
+        return gates_dict
+    rows = [dict(g, family="robustness") for p in block["perturbations"] for g in p.get("gates", [])]
+    out = dict(gates_dict, gates=list(gates_dict["gates"]) + rows)
+    verdicts = [v for v in (gates_dict.get("verdict"), block["verdict"]) if v in _RANK]
+    out["verdict"] = max(verdicts, key=_RANK.get) if verdicts else gates_dict.get("verdict")
+    counts = dict(gates_dict.get("counts") or {})
+    for g in rows:
+        counts[g["outcome"]] = counts.get(g["outcome"], 0) + 1
+    out["counts"] = counts
+    return out
