@@ -119,7 +119,7 @@ _RANKING = {
              "sklearn.metrics.ndcg_score per query (ignore_ties=False)"),
     "map": ("AP@k per query, averaged: (1 / min(k, R)) sum of precision@i over relevant documents at positions "
             "i <= k (R = relevant documents of the query, relevant = label >= ranking.relevance_min); ties averaged.",
-            "reference implementation in tests (trec_eval map_cut with min(k, R))"),
+            "reference implementation in tests (denominator min(k, R), not trec_eval map_cut's R)"),
     "mrr": ("1 / position of the first relevant document (0 if none in the top k), averaged over queries; ties "
             "averaged.", "reference implementation in tests"),
     "recall": ("relevant documents in the top k / R, averaged over queries; ties averaged.",

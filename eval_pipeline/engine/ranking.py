@@ -11,8 +11,9 @@ relevant documents of the query; ``@k`` omitted = the whole list):
 * ``ndcg@k``: DCG@k / IDCG@k with gain = label (linear, as scikit-learn; not 2^label - 1) and discount
   1 / log2(position + 1); IDCG@k is the DCG@k of the labels sorted descending. Equal to
   ``sklearn.metrics.ndcg_score([labels], [scores], k=k)`` (``ignore_ties=False``).
-* ``map@k``: AP@k = (1 / min(k, R)) * sum over relevant documents at positions i <= k of precision@i (the common IR
-  definition, e.g. ``ir_measures`` / trec_eval's ``map_cut`` uses R; min(k, R) keeps a perfect top k at 1).
+* ``map@k``: AP@k = (1 / min(k, R)) * sum over relevant documents at positions i <= k of precision@i. The
+  denominator min(k, R) (common in IR and LTR libraries) keeps a perfect top k at 1; trec_eval's ``map_cut`` divides
+  by R instead, which caps a query with more than k relevant documents below 1.
 * ``mrr`` / ``mrr@k``: 1 / position of the first relevant document (0 when none is in the top k).
 * ``recall@k``: relevant documents in the top k / R.  ``precision@k``: relevant documents in the top k / k (TREC's
   P@k: a query with fewer than k documents cannot reach 1).

@@ -7,6 +7,7 @@ denominator k, NDCG@k with gain = label) and averages: the engine's closed-form 
 import itertools
 import math
 import os
+import pickle
 import sys
 
 import numpy as np
@@ -142,6 +143,39 @@ def test_queries_straddling_batches_in_any_order_give_identical_results():
     batches = [pa.RecordBatch.from_pandas(shuffled.iloc[i:i + 333]) for i in range(0, len(shuffled), 333)]
     assert run(batches, workers=2, **kw).to_json() == one
     assert run([shuffled.iloc[::2], shuffled.iloc[1::2]], workers=1, **kw).to_json() == one
+
+
+class _RowRange:
+    """A shard: rows [start, stop) of a frame (picklable, as a remote backend needs)."""
+
+    def __init__(self, frame):
+        self.frame = frame
+
+    def __call__(self, shard):
+        start, stop = shard
+        yield self.frame.iloc[start:stop]
+
+
+class _PicklingBackend:
+    """Runs shards here but ships the task and every accumulator through pickle, as a remote backend does."""
+
+    remote = True
+
+    def map(self, fn, items):
+        for item in items:
+            yield pickle.loads(pickle.dumps(pickle.loads(pickle.dumps(fn))(item)))
+
+
+def test_sharded_evaluation_with_queries_cut_across_shards_is_byte_identical():
+    from eval_pipeline.engine.shards import evaluate_shards
+
+    df = scored(120, seed=12, decimals=1)
+    kw = dict(task_type="ranking", label="rel", predictions={"baseline": "b", "candidate": "c"}, metrics=ALL,
+              query="qid", n_boot=60, seed=3, slices=SliceConfig(columns=["intent"], min_size=1))
+    shards = [(i, min(i + 700, len(df))) for i in range(0, len(df), 700)]  # 700 rows: cuts through queries
+    assert df.qid.iloc[699] == df.qid.iloc[700]
+    got = evaluate_shards(shards, _RowRange(df), _PicklingBackend(), **kw)
+    assert got.to_json() == evaluate(df, **kw).to_json()
 
 
 def test_query_level_bootstrap_spread_matches_the_query_standard_error():
