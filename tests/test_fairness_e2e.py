@@ -211,3 +211,26 @@ def test_without_a_baseline_only_absolute_fairness_gates_apply():
     paired = fairness_gates(spec, paired=True)
     assert [(g.kind, g.margin, g.slices) for g in paired] == [("non_inferiority", 0.05, ["fairness by grp"]),
                                                              ("absolute", None, ["fairness by grp"])]
+
+
+def test_no_champion_a_fairness_bound_alone_decides(tmp_path):
+    """No champion and no metric gate: the absolute fairness gate is what there is to decide on (in-process steps).
+    The planted candidate's equalized odds difference is far above 0.3: FAIL on that gate alone."""
+    from eval_pipeline import pipeline
+
+    from .toy import run_steps
+
+    lake = Lake(str(tmp_path / "lake"))
+    frame = toy_frame(4000, seed=5)
+    frame["grp"] = np.random.default_rng(1).choice(["p", "q", "r"], len(frame))
+    land(lake, frame)
+    reg = Registry(lake)
+    scores = fit_model(frame.iloc[:1500]).predict_proba(frame[["a", "b"]])[:, 1]
+    _register_scores(reg, frame, "2", np.where(frame["grp"] == "q", np.clip(scores - SHIFT, 0, 1), scores))
+    spec = parse_spec({**SPEC, "gates": [], "fairness": {**FAIRNESS, "gates": [FAIRNESS["gates"][1]]}}, "toy spec")
+    assert pipeline.has_absolute_gates(spec)
+    ctx, snap, inputs, metrics, _ = run_steps(lake, spec, "2")
+    assert inputs.baseline is None and metrics["fairness"]["disparities"]["delta"] == {}  # nothing to pair with
+    assert metrics["fairness"]["roles"] == ["candidate"] and metrics["fairness"]["baseline"] is None
+    gates = lake.read_json(f"{pipeline.evaluation_dir(ctx, inputs)}/gates.json")
+    assert gates["verdict"] == "FAIL" and [(g["gate"], g["outcome"]) for g in gates["gates"]] == [(EO_GATE, "FAIL")]
