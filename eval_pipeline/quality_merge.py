@@ -35,12 +35,17 @@ unique             expect_column_values_to_be_unique           row and null coun
 freshness          expect_column_max_to_be_between             ``column.max``: max of the batch maxima
 =================  ==========================================  ===================================================
 
+Also merged, for kinds a builder may add: expect_column_min_to_be_between (``column.min``: min of the minima).
+An expectation that raises on a batch (a bad parameter) is reported as not evaluated with that batch's error
+message, which may be worded differently from the whole frame's.
+
 Values a batch reports (unexpected examples, min, max) are cast to the dtype of the whole column: a batch without
 nulls of an integer column with nulls elsewhere is int64 in pandas, the whole column float64.
 
-Expectations that cannot be merged exactly from these metrics (quantiles, medians, KL divergence, means of floats)
-are not in the spec; an expectation kind without a merge rule here is refused with an error naming it (never
-approximated). A new kind adds a rule in :func:`_merge_rule`.
+Expectations that cannot be merged exactly from these metrics (quantiles, medians, KL divergence, means: GX's pandas
+mean is a float sum whose rounding depends on the order, distinct-value sets: unbounded) are not in the spec; an
+expectation kind without a merge rule here is refused with an error naming it (never approximated or sampled). A
+new kind adds a rule in :func:`_merge_rule`.
 
 Uniqueness across batches (:class:`DuplicateFinder`): each batch's non-null values, with their row ordinals and
 index labels, are hashed into ``P`` partitions appended to files in a temporary folder; equal values always land in

@@ -22,6 +22,7 @@ from eval_pipeline.quality_merge import DuplicateFinder, frames_from_arrow
 from .test_quality import KW, SPEC, make_frame
 
 ROOT = Path(__file__).resolve().parents[1]
+JAN_1 = pd.Timestamp("2013-01-01", tz="UTC").to_pydatetime()
 
 
 def gx_by_check(result) -> dict:
@@ -58,6 +59,7 @@ def defective() -> tuple[pd.DataFrame, list[int]]:
     df.loc[20, "flight_id"] = df.loc[21, "flight_id"]  # and one inside a batch
     df.loc[np.arange(5, 600, 19), "origin"] = "XXX"  # 32 rows over every batch
     df.loc[599, "distance"] = 9000.0  # out of range only in the last batch
+    df.loc[597, "distance"] = 1.0  # the smallest, in the last batch too
     df.loc[598, "time_hour"] = pd.Timestamp("2013-02-09", tz="UTC")  # the newest timestamp, in the last batch
     return df, cuts
 
@@ -192,6 +194,29 @@ def test_duplicate_finder_against_numpy(tmp_path):
         count, first, labels = finder.finish(np.dtype("float64"))
         assert count == dup_rows.size
         assert labels == dup_rows[:20].tolist() and first == values[dup_rows[:20]].tolist()
+
+
+def test_a_new_kind_with_a_merge_rule_column_min(defective, monkeypatch):
+    """A kind the spec does not have but the merge does (column.min): one builder, merged like GX on the whole."""
+    import great_expectations.expectations as gxe
+
+    from eval_pipeline.quality_expectations import EXPECTATION_BUILDERS, Check
+
+    def min_checks(q):
+        return [Check("minimum", c, gxe.ExpectColumnMinToBeBetween(column=c, min_value=v),
+                      lambda ok, res: ({"min": res.get("observed_value")}, "smallest value"))
+                for c, v in (("distance", 50.0), ("dep_delay", -1000.0), ("time_hour", JAN_1))]
+
+    monkeypatch.setitem(EXPECTATION_BUILDERS, "minimum", min_checks)
+    df, cuts = defective
+    whole, batched = validate_dataset(df, **KW), validate_batches(split(df, cuts), **KW)
+    assert_same(whole, batched)
+    assert by_check(batched, "minimum", "distance") == {"success": False, "min": 1.0}  # only the last batch has it
+
+
+def by_check(result, check, column) -> dict:
+    (r,) = [r for r in result.results if r["check"] == check and r["column"] == column]
+    return {"success": r["success"], **r["observed"]}
 
 
 def test_an_expectation_without_an_exact_merge_is_refused(defective, monkeypatch):
