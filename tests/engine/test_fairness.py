@@ -246,3 +246,23 @@ def test_counts_equal_a_pandas_groupby_with_nulls(n_values):
     got = {(g[0], g[1], c): int(fin.counts[i, c]) for i, g in enumerate(fin.groups) for c in range(8)
            if fin.counts[i, c]}
     assert got == expected and fin.counts.sum() == n
+
+
+def test_arrow_batches_and_float32_scores_count_like_pandas(fair):
+    """Arrow input gives the same counts as pandas; float32 scores are compared with float32(threshold), as the
+    binary family and numpy do (a score equal to float32(0.35) is predicted positive)."""
+    import pyarrow as pa
+
+    roles = {"baseline": "s_small", "candidate": "s_full"}
+    table = pa.Table.from_pandas(fair[["y", "age", "religious", "s_small", "s_full"]], preserve_index=False)
+    comb = FairnessCombiner(label="y", predictions=roles, sensitive=["age", "religious"], threshold=THRESHOLD)
+    acc = comb.create_accumulator()
+    for batch in table.to_batches(max_chunksize=1000):
+        comb.add_batch(acc, batch)
+    arrow = comb.finish(acc)
+    pandas = _counts(fair, ["age", "religious"], roles)
+    assert arrow.groups == pandas.groups and np.array_equal(arrow.counts, pandas.counts)
+    f32 = pd.DataFrame({"y": [1, 0], "g": ["a", "b"], "s": np.array([THRESHOLD, THRESHOLD], dtype=np.float32)})
+    one = FairnessCombiner(label="y", predictions={"candidate": "s"}, sensitive=["g"], threshold=THRESHOLD)
+    counts = one.finish(one.add_batch(one.create_accumulator(), f32)).counts
+    assert counts[:, 1].sum() + counts[:, 3].sum() == 2  # both rows predicted positive
