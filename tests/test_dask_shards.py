@@ -139,6 +139,29 @@ def test_multiclass_and_regression_are_byte_identical(dask, tmp_path):
                 mean_squared_error(frame.target, frame.reg_new) ** 0.5, rel=1e-12)
 
 
+def test_ranking_with_queries_cut_across_shards_is_byte_identical(dask, tmp_path):
+    """A query's documents may sit in two shards (two parts): the merge must join them before any per-query value."""
+    from sklearn.metrics import ndcg_score
+
+    from .ranking_data import make_ranking
+
+    rng = np.random.default_rng(7)
+    frame = make_ranking(400, seed=7)
+    frame["b"] = np.round(frame.f1 + rng.normal(0, 1, len(frame)), 1)  # ties
+    frame["c"] = frame.f1 + 0.5 * frame.f2 + rng.normal(0, 0.7, len(frame))
+    cuts = [len(frame) // 3 + 2, 2 * len(frame) // 3 + 3]
+    assert all(frame.qid[c - 1] == frame.qid[c] for c in cuts)  # both cuts fall inside a query
+    args = dict(task_type="ranking", label="rel", query="qid", predictions={"baseline": "b", "candidate": "c"},
+                slices=SliceConfig(columns=["intent"], min_size=20), metrics=["ndcg@10", "mrr", "recall@10"],
+                n_boot=150, seed=3)
+    shards = Shards(frame, cuts, tmp_path)
+    sharded = evaluate_shards(shards.ranges, shards, dask, **args)
+    assert sha(sharded) == sha(evaluate(frame, **args))
+    keep = frame[frame.groupby("qid").rel.transform("max") > 0]  # no_relevant: skip
+    ref = np.mean([ndcg_score([g.rel.to_numpy()], [g.c.to_numpy()], k=10) for _, g in keep.groupby("qid")])
+    assert sharded.slices[0]["models"]["candidate"]["ndcg@10"]["value"] == pytest.approx(ref, abs=1e-12)
+
+
 def test_spill_mode_workers_write_into_the_clients_directory(dask, tmp_path):
     """Accumulators come back as file references into the client's spill directory; a worker's garbage collection
     deletes none of it; the extract step reads them (byte-identical result) and removes the directory."""

@@ -185,6 +185,7 @@ def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = Sl
     ----------
     batches : pandas.DataFrame, pyarrow.Table, pyarrow.RecordBatch or iterable of them
         The evaluation rows, streamed: batches are added to mergeable accumulators and never held together.
+        Or a :class:`.shards.ShardedRows`: shards read and accumulated on a backend (a Dask cluster), then merged.
     task_type : {"binary_classification", "multiclass_classification", "regression", "ranking"}
     label : str
         The label column (binary: 0/1 or bool; multiclass: values in ``classes``; regression: numbers).
@@ -272,7 +273,10 @@ def evaluate(batches, *, task_type, label, predictions, slices: SliceConfig = Sl
                          candidate=candidate, spill_dir=spill_dir, spill_rows=spill_rows, query=query,
                          relevance_min=relevance_min, no_relevant=no_relevant)
     try:
-        acc = _consume(comb, as_batch_list(batches), workers)
+        if hasattr(batches, "accumulate"):  # rows in shards on a backend (.shards.ShardedRows)
+            acc = batches.accumulate(comb)
+        else:
+            acc = _consume(comb, as_batch_list(batches), workers)
         res = evaluate_accumulator(comb, acc, slices=slices, metrics=metrics, n_boot=n_boot, seed=seed,
                                    confidence=confidence)
     finally:

@@ -110,37 +110,20 @@ def map_merge(combiner: Combiner, shards: Iterable, read_shard: Callable, backen
     return merged
 
 
-def evaluate_shards(shards: Iterable, read_shard: Callable, backend=None, *, task_type, label, predictions,
-                    slices=None, metrics, threshold=0.5, classes=None, top_k=3, ece_bins=10, n_boot=1000, seed=0,
-                    confidence=0.95, baseline="baseline", candidate="candidate", spill_dir=None, spill_rows=None,
-                    query=None, relevance_min=1.0, no_relevant="skip"):
-    """:func:`.evaluate.evaluate` over shards: the same arguments and the same (byte-identical) result, with the
-    rows read and accumulated shard by shard on ``backend``, and the extract step (bootstrap included) here."""
-    from .config import SliceConfig
-    from .evaluate import _cleanup, _validate, _validate_ranking, evaluate_accumulator, make_combiner
+class ShardedRows:
+    """An evaluation's rows as shards read (and accumulated) on a backend: pass it to :func:`.evaluate.evaluate`
+    in place of the batches; every other argument, the validation and the extract step stay evaluate's own."""
 
-    slices = SliceConfig() if slices is None else slices
-    metrics, predictions = list(metrics), dict(predictions)
-    # None means "the default", as in evaluate()
-    threshold = 0.5 if threshold is None else threshold
-    top_k = 3 if top_k is None else top_k
-    ece_bins = 10 if ece_bins is None else ece_bins
-    n_boot = 1000 if n_boot is None else n_boot
-    seed = 0 if seed is None else seed
-    confidence = 0.95 if confidence is None else confidence
-    _validate(task_type, label, predictions, metrics, threshold, classes, top_k, ece_bins, n_boot, confidence,
-              baseline, candidate)
-    _validate_ranking(task_type, query, relevance_min, no_relevant)
-    comb = make_combiner(task_type=task_type, label=label, predictions=predictions, slices=slices,
-                         threshold=threshold, classes=classes, top_k=top_k, ece_bins=ece_bins, baseline=baseline,
-                         candidate=candidate, spill_dir=spill_dir, spill_rows=spill_rows, query=query,
-                         relevance_min=relevance_min, no_relevant=no_relevant)
-    try:
-        acc = map_merge(comb, shards, read_shard, backend)
-        res = evaluate_accumulator(comb, acc, slices=slices, metrics=metrics, n_boot=n_boot, seed=seed,
-                                   confidence=confidence)
-    finally:
-        _cleanup(comb.config)
-    if res.baseline is None and res.candidate is None and candidate in predictions:
-        res.candidate = candidate
-    return res
+    def __init__(self, shards: Iterable, read_shard: Callable, backend=None):
+        self.shards, self.read_shard, self.backend = list(shards), read_shard, backend
+
+    def accumulate(self, combiner: Combiner) -> Accumulator:
+        return map_merge(combiner, self.shards, self.read_shard, self.backend)
+
+
+def evaluate_shards(shards: Iterable, read_shard: Callable, backend=None, **arguments):
+    """:func:`.evaluate.evaluate` over shards: the same keyword ``arguments`` and the same (byte-identical) result,
+    with the rows read and accumulated shard by shard on ``backend``, and the extract step (bootstrap included) here."""
+    from .evaluate import evaluate
+
+    return evaluate(ShardedRows(shards, read_shard, backend), **arguments)
