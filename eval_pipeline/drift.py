@@ -26,6 +26,10 @@ Notes
   at its top and in ``DriftResult.html_sample``. Its size is dominated by Evidently's inlined JavaScript (≈ 4 MB).
 * Determinism: the scores, hence :meth:`DriftResult.to_json`, are the same bytes for the same inputs in every
   process, whatever ``PYTHONHASHSEED`` (categorical values are coded as integers before Evidently's binning).
+* A snapshot's drift (``pipeline.drift``) is streamed in bounded memory by :mod:`eval_pipeline.drift_stream`, which
+  calls :func:`compute_drift` on a row sample of each window (the whole window below ``drift.max_rows`` rows: the
+  same scores as here) with ``exact=``: counts of all rows for kinds, method choice, slice sizes and the
+  count-based methods.
 """
 
 from __future__ import annotations
@@ -328,7 +332,8 @@ def _slice_drift(ref: pd.DataFrame, cur: pd.DataFrame, slice_col: str, prepared:
             "drifted_columns": [r["column"] for r in scored if r["drifted"]],
             "scores": {r["column"]: {"method_id": r["method_id"], "score": r["score"], "drifted": r["drifted"],
                                      **({"error": r["error"]} if "error" in r else {}),
-                                     **({"sample_method": r["sample_method"]} if "sample_method" in r else {})}
+                                     **({"sample_method": r["sample_method"]} if "sample_method" in r else {}),
+                                     **({"sampled_rows": r["sampled_rows"]} if r.get("sampled_rows") else {})}
                        for r in rows},
         })
     return {"column": slice_col, "max_values": max_values, "min_rows": min_rows, "values": values,
@@ -351,7 +356,9 @@ def _evidently_frame(prepared: Mapping[str, PreparedColumn], side: str, pos: np.
 
 
 def _html_report(prepared_features: dict[str, PreparedColumn], extra: dict[str, PreparedColumn], *,
-                 method, threshold, drift_share, html_max_rows, seed, title, n_ref, n_cur):
+                 method, threshold, drift_share, html_max_rows, seed, title, n_ref, n_cur, totals=None):
+    """Evidently's report on a seeded sample of the ``n_ref`` / ``n_cur`` prepared rows; ``totals``: the windows'
+    row counts when those rows are already a sample of them (streamed drift)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
@@ -361,13 +368,16 @@ def _html_report(prepared_features: dict[str, PreparedColumn], extra: dict[str, 
     c_pos = _sample_positions(n_cur, html_max_rows, seed)
     ref_df = _evidently_frame(allp, "reference", r_pos)
     cur_df = _evidently_frame(allp, "current", c_pos)
+    t_ref, t_cur = totals or (n_ref, n_cur)
+    where = ("on all rows" if totals is None else
+             "from counts of all rows where the method allows, else on its stated row sample (sample_method)")
     sample = {"max_rows": html_max_rows, "seed": seed, "reference_rows": len(ref_df), "current_rows": len(cur_df),
-              "reference_rows_total": n_ref, "current_rows_total": n_cur,
-              "sampled": len(ref_df) < n_ref or len(cur_df) < n_cur,
-              "note": "Evidently's interactive report is built from this sample; the scores in the drift JSON "
-                      "are on all rows."}
-    stated = (f"{title} — Evidently report on a sample of {len(ref_df):,} of {n_ref:,} reference and "
-              f"{len(cur_df):,} of {n_cur:,} current rows (seed {seed}); drift.json has the scores on all rows")
+              "reference_rows_total": t_ref, "current_rows_total": t_cur,
+              "sampled": len(ref_df) < t_ref or len(cur_df) < t_cur,
+              "note": f"Evidently's interactive report is built from this sample; the scores in the drift JSON "
+                      f"are {where}."}
+    stated = (f"{title} — Evidently report on a sample of {len(ref_df):,} of {t_ref:,} reference and "
+              f"{len(cur_df):,} of {t_cur:,} current rows (seed {seed}); drift.json has the scores {where}")
     definition = DataDefinition(
         numerical_columns=[c for c, p in allp.items() if p.kind == NUMERIC],
         categorical_columns=[c for c, p in allp.items() if p.kind == CATEGORICAL],
@@ -583,7 +593,7 @@ def compute_drift(reference: pd.DataFrame, current: pd.DataFrame, *, columns: li
         html_str, html_sample, ev = _html_report(
             prepared, {c: extra[c] for c in extra_cols if c not in prepared}, method=method, threshold=threshold,
             drift_share=drift_share, html_max_rows=html_max_rows, seed=seed, title=title, n_ref=len(ref_s),
-            n_cur=len(cur_s))
+            n_cur=len(cur_s), totals=None if exact is None else (exact.ref.rows, exact.cur.rows))
     return DriftResult(
         title=title, columns=rows, n_drifted=n_drifted, share_drifted=share, dataset_drift=bool(share >= drift_share),
         drift_share=drift_share, reference_rows=len(ref_s), current_rows=len(cur_s), sampled=sampled,

@@ -125,7 +125,8 @@ class ExactCounts:
                              "sample_method": "counts of all rows", "sampled_rows": None})
                 continue
             method_id = self.method_for(col.name, col.kind, method, where)
-            how = counts_apply(method_id, col.kind, None if r is None else len(r),
+            counted = r is not None and c is not None  # both windows' values all counted (not past the cap)
+            how = counts_apply(method_id, col.kind, len(r) if counted else None,
                                where is None and col.name in self.histograms)
             if how == "counts":
                 values = _sorted_values(r, c)
@@ -138,15 +139,18 @@ class ExactCounts:
                              "sample_method": "histogram of all rows", "sampled_rows": None})
             else:
                 rows.append(None)
-                sampled.append(col)
+                sampled.append((col, counted))
                 chosen.append(method_id)
-        scored = iter(score_columns(sampled, method, threshold, n_jobs, chosen=chosen) if sampled else [])
+        scored = iter(score_columns([col for col, _ in sampled], method, threshold, n_jobs, chosen=chosen)
+                      if sampled else [])
+        flags = iter(counted for _, counted in sampled)
         out = []
         for row in rows:
             if row is None:
                 row = next(scored)
                 row = {**row, "sample_method": "sample",
-                       "sampled_rows": {"reference": row["reference_rows"], "current": row["current_rows"]}}
+                       "sampled_rows": {"reference": row["reference_rows"], "current": row["current_rows"]},
+                       "values_over_cap": not next(flags)}
             out.append(row)
         return out
 

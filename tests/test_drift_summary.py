@@ -180,3 +180,17 @@ def test_unchanged_drift_is_not_recomputed_and_evidently_not_imported(flights, t
     stored = lake.read_json(json_rel)
     assert stored["streaming"]["config_hash"] == other.streaming["config_hash"] != first.streaming["config_hash"]
     assert all(c["threshold"] == 0.01 for c in stored["columns"])
+
+
+def test_a_categorical_column_past_the_cap_is_scored_on_the_stated_sample(flights, monkeypatch):
+    from eval_pipeline import drift_summary
+
+    monkeypatch.setattr(drift_summary, "CATEGORY_CAP", 50)  # dest has ~100 values in each window
+    lake, snap, ref, cur = flights["lake"], flights["snap"], flights["ref"], flights["cur"]
+    rows = {r["column"]: r for r in stream_drift(lake, snap, _spec(max_rows=3_000)).to_dict()["columns"]}
+    dest, carrier = rows["dest"], rows["carrier"]
+    assert dest["sample_method"] == "sample" and dest["values_over_cap"] is True
+    _, expected = _evidently("jensenshannon", "categorical", _bottom_k(ref, 3_000)["dest"],
+                             _bottom_k(cur, 3_000)["dest"])
+    assert dest["method_id"] == "jensenshannon" and dest["score"] == pytest.approx(expected, rel=1e-12)
+    assert carrier["sample_method"] == "counts of all rows" and "values_over_cap" not in carrier
