@@ -42,6 +42,8 @@ DRIFT_CATEGORICAL_METHODS = ("chisquare", "fisher_exact", "g_test", "hellinger",
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 # Sections added after specs were first hashed: when absent (None) they are left out of the hash (canonical_json).
 OPTIONAL_SECTIONS = ("robustness", "ranking", "fairness")
+# Sections that default to an empty list: left out of the hash when empty, for the same reason.
+OPTIONAL_LISTS = ("suites",)
 
 
 class SpecError(ValueError):
@@ -353,6 +355,17 @@ class AlertsSpec(_Strict):
     _on_key = model_validator(mode="before")(classmethod(lambda cls, data: _yaml_on_key(data)))
 
 
+class SuiteSpec(_Strict):
+    """One evaluation suite: a folder of extra evaluation rows with its own expectations and gates
+    (eval_pipeline/suites.py; checked against the rest of the spec by suites.suite_problems)."""
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="the suite's name in results and gate rows")
+    source: str = Field(description="its folder, relative to the lake root (not inside data.source)")
+    per_example: bool = Field(False, description="every row must be right; failing ids are listed")
+    tolerance: float | None = Field(None, ge=0, description="regression per-example: |prediction - label| allowed")
+    expectations: ExpectationsSpec = ExpectationsSpec()
+    gates: list[GateSpec] = Field(default_factory=list)
+
+
 class EvalSpec(_Strict):
     task: str
     description: str = ""
@@ -371,6 +384,7 @@ class EvalSpec(_Strict):
     robustness: RobustnessSpec | None = None
     ranking: RankingSpec | None = None
     fairness: FairnessSpec | None = None  # eval_pipeline/fairness_spec.py
+    suites: list[SuiteSpec] = Field(default_factory=list)  # eval_pipeline/suites.py
 
     @field_validator("task")
     @classmethod
@@ -398,6 +412,10 @@ class EvalSpec(_Strict):
         self._check_drift(problems)
         self._check_robustness(problems)
         problems += self.fairness.problems(self) if self.fairness else []
+        if self.suites:
+            from .suites import suite_problems
+
+            problems += suite_problems(self)
         if not problems:
             self._check_gate_resolution(problems)
         if problems:
@@ -614,6 +632,9 @@ class EvalSpec(_Strict):
         dump = self.model_dump(mode="json", exclude={"alerts"})
         for section in OPTIONAL_SECTIONS:  # a spec without a newer section hashes as it did before it existed
             if dump.get(section, 0) is None:
+                del dump[section]
+        for section in OPTIONAL_LISTS:
+            if dump.get(section, 0) == []:
                 del dump[section]
         return json.dumps(dump, sort_keys=True, separators=(",", ":"))
 
