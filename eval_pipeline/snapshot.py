@@ -119,14 +119,14 @@ def _read_file(lake: Lake, rel: str, columns: list[str], spec: EvalSpec) -> tupl
         source.close()
 
 
-def refresh_files_snapshot(lake: Lake, spec: EvalSpec) -> Snapshot:
+def refresh_files_snapshot(lake: Lake, spec: EvalSpec, extra: dict | None = None) -> Snapshot:
     """Build (or re-use) the snapshot of everything in the landing zone (:func:`eval_pipeline.refresh.refresh_snapshot`
     picks this or the warehouse source)."""
     files = list_source_files(lake, spec)
     if not files:
         raise DataError(f"no data files (*.parquet, *.csv) under {lake.uri(source_prefix(lake, spec))} "
                         f"for task '{spec.task}'")
-    return build_snapshot(lake, spec, files, lake.uri(source_prefix(lake, spec)))
+    return build_snapshot(lake, spec, files, lake.uri(source_prefix(lake, spec)), extra)
 
 
 def build_snapshot(lake: Lake, spec: EvalSpec, files: list[dict], where: str, extra: dict | None = None) -> Snapshot:
@@ -152,6 +152,8 @@ def build_snapshot(lake: Lake, spec: EvalSpec, files: list[dict], where: str, ex
     for p in parts:
         fingerprint.update(f"{p['source']['path']}\0{p['source']['sha256']}\n".encode())
     fingerprint.update(("\0".join(columns)).encode())
+    if (extra or {}).get("suites"):  # the suites' snapshot ids (eval_pipeline.suites): a case dropped in a suite
+        fingerprint.update("".join(f"\nsuite {k}\0{v}" for k, v in sorted(extra["suites"].items())).encode())
     content_hash = fingerprint.hexdigest()
     snapshot_id = content_hash[:16]
     snap_folder = f"snapshots/{spec.task}/{snapshot_id}"

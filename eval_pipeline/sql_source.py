@@ -188,7 +188,7 @@ def extract(lake: Lake, spec: EvalSpec) -> tuple[list[dict], dict]:
     return files, record
 
 
-def refresh_sql_snapshot(lake: Lake, spec: EvalSpec) -> Snapshot:
+def refresh_sql_snapshot(lake: Lake, spec: EvalSpec, extra: dict | None = None) -> Snapshot:
     """Extract the warehouse rows and build (or re-use) their snapshot; see the module docstring."""
     files, record = extract(lake, spec)
-    return build_snapshot(lake, spec, files, f"task '{spec.task}': {_key(spec)}", extra={"sql": record})
+    return build_snapshot(lake, spec, files, f"task '{spec.task}': {_key(spec)}", extra={"sql": record, **(extra or {})})
