@@ -234,3 +234,14 @@ def test_no_champion_a_fairness_bound_alone_decides(tmp_path):
     assert metrics["fairness"]["roles"] == ["candidate"] and metrics["fairness"]["baseline"] is None
     gates = lake.read_json(f"{pipeline.evaluation_dir(ctx, inputs)}/gates.json")
     assert gates["verdict"] == "FAIL" and [(g["gate"], g["outcome"]) for g in gates["gates"]] == [(EO_GATE, "FAIL")]
+
+
+def test_a_sensitive_column_missing_from_the_data_is_named_at_refresh(tmp_path):
+    from eval_pipeline import pipeline
+    from eval_pipeline.snapshot import DataError
+
+    lake = Lake(str(tmp_path / "lake"))
+    land(lake, toy_frame(500))
+    spec = parse_spec({**SPEC, "fairness": {"sensitive": ["gender"]}}, "toy spec")
+    with pytest.raises(DataError, match=r"part-0.parquet: missing column\(s\) \['gender'\] required by spec 'toy'"):
+        pipeline.refresh(pipeline.TaskContext(lake, spec))
