@@ -111,6 +111,10 @@ def validate(ctx: TaskContext, snap: Snapshot, *, batch_size: int = 250_000):
         ctx.lake.write_text(html_rel, render_html(result))
     if result.success:
         ctx.lake.write_json(validated_pointer(ctx), {"snapshot_id": snap.snapshot_id})
+    if spec.suites:  # each suite's snapshot with its own expectations; a failing suite never blocks the task
+        from .suites import validate_suites
+
+        validate_suites(ctx, snap)
     return result
 
 
@@ -424,9 +428,14 @@ def compute_metrics(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dic
     robust = _robustness(ctx, snap, candidate)
     if robust is not None:
         metrics["robustness"] = robust
+    from .suites import evaluate_suites, with_suites
+
+    suites = evaluate_suites(ctx, snap, candidate, baseline)  # one block and one gate family per evaluation suite
+    if suites is not None:
+        metrics["suites"] = suites
     # Members of the set before result.json; a crash here leaves an incomplete set that the next run redoes.
     ctx.lake.write_json(f"{folder}/metrics.json", metrics)
-    ctx.lake.write_json(f"{folder}/gates.json", with_robustness(report.to_dict(), robust))
+    ctx.lake.write_json(f"{folder}/gates.json", with_suites(with_robustness(report.to_dict(), robust), suites))
     return metrics
 
 
