@@ -422,6 +422,7 @@ def render_report(result: dict, quality: dict | None, drift: dict | None, curves
          + ("<a href='#errors'>error analysis</a>" if error_analysis else "")
          + ("<a href='#fairness'>fairness</a>" if result.get("metrics", {}).get("fairness") else "")
          + ("<a href='#robustness'>robustness</a>" if result.get("metrics", {}).get("robustness") else "")
+         + ("<a href='#suites'>suites</a>" if result.get("metrics", {}).get("suites") else "")
          + "<a href='#reproducibility'>reproducibility</a></nav>",
          "<h2>Summary</h2>",
          f"<p class=summary>{e(executive_summary(result, quality, drift))}</p>",
@@ -491,6 +492,9 @@ def render_report(result: dict, quality: dict | None, drift: dict | None, curves
     from .report_robustness import robustness_html
 
     s.append(robustness_html(result.get("metrics", {}).get("robustness"), _table, _gate_table))  # empty without one
+    from .report_suites import suites_html
+
+    s.append(suites_html(result.get("metrics", {}).get("suites"), _table, _gate_table))  # empty without suites
     s += ["<h2 id=quality>Data quality</h2>", _quality_section(quality, quality_uri),
           "<h2 id=drift>Drift</h2>", _drift_section(drift, drift_html_uri, prediction_drift),
           _error_section(error_analysis),
@@ -530,9 +534,11 @@ def render_report_markdown(base_markdown: str, result: dict, quality: dict | Non
     from .report_fairness import fairness_markdown
 
     from .report_robustness import robustness_markdown
+    from .report_suites import suites_markdown
 
     return ("\n".join(head + extra + rest) + fairness_markdown(result)  # empty without a fairness section
-            + robustness_markdown(result.get("metrics", {}).get("robustness")))  # empty without robustness
+            + robustness_markdown(result.get("metrics", {}).get("robustness"))  # empty without robustness
+            + suites_markdown(result.get("metrics", {}).get("suites")))  # empty without evaluation suites
 
 
 def plots_markdown_from(markdown: str, result: dict, report_url: str | None = None) -> str:
