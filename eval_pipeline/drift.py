@@ -528,8 +528,7 @@ def compute_drift(reference: pd.DataFrame, current: pd.DataFrame, *, columns: li
         Build Evidently's interactive HTML report on a sample of at most ``html_max_rows`` rows per window (``None``:
         all rows, slow: Evidently's preset). ``n_jobs``: threads for the column scores (default: up to 2).
     exact : eval_pipeline.drift_stream.ExactCounts, optional
-        The frames are a row sample of larger windows: kinds, method choice, slice sizes and count-based scores
-        come from this object's counts of all rows (see :mod:`eval_pipeline.drift_stream`).
+        The frames are row samples of larger windows: kinds, methods, slice sizes, count-based scores from its counts.
 
     Returns
     -------
@@ -542,7 +541,6 @@ def compute_drift(reference: pd.DataFrame, current: pd.DataFrame, *, columns: li
     ------
     ValueError
         Missing columns, empty windows, a column with no value in a window, an unknown or inapplicable method.
-
     Examples
     --------
     >>> import numpy as np, pandas as pd
@@ -571,15 +569,12 @@ def compute_drift(reference: pd.DataFrame, current: pd.DataFrame, *, columns: li
     ref_s = _sample(reference[needed], max_rows, seed)
     cur_s = _sample(current[needed], max_rows, seed)
     sampled = len(ref_s) < len(reference) or len(cur_s) < len(current)
-
     prepared = _prepare_all(ref_s, cur_s, columns, categorical, forced=exact.kinds if exact is not None else None)
     _check_prepared(prepared, columns, method, title, exact)
     score = exact.score if exact is not None else _score_all
-
     rows = [_finish(r) for r in score([prepared[c] for c in columns], method, threshold, n_jobs)]
     n_drifted = sum(r["drifted"] for r in rows)
     share = n_drifted / len(rows)
-
     extra, extra_cols, prediction_drift, label_drift = _score_extras(ref_s, cur_s, predictions, label_column,
                                                                       label_kind, n_jobs, score)
 

@@ -18,7 +18,8 @@ Notes
   pass 2 (``"histogram of all rows"``). Methods that need the values (K-S, normed Wasserstein, Anderson-Darling,
   Cramér-von Mises, energy distance, Mann-Whitney, t-test, Epps-Singleton, MMD, TVD, Fisher, numeric Hellinger) score
   the row sample (``"sample"``, with ``sampled_rows``): Evidently's own function on exactly those rows. A categorical
-  column with more than ``CATEGORY_CAP`` values is scored on the sample too.
+  column with more than ``CATEGORY_CAP`` values is scored on the sample too (``values_over_cap``: true when a
+  sampled column's distinct values were not all counted).
 * Slices above the cap: slice sizes and the ``min_size`` check from exact counts; count-based methods from the exact
   (slice value, column value) counts; the others on the sample's rows of that slice. The default method within a
   slice is chosen from exact counts (a numeric column's distinct values within a slice are known exactly only when
@@ -40,6 +41,7 @@ from .drift_counts import BINNED_NUMERIC_METHODS, REFERENCE_VALUES_BINNED, count
 from .drift_methods import CATEGORICAL, NUMERIC, choose_default_method, score_columns
 from .drift_summary import CATEGORY_CAP, NUMERIC_VALUES_CAP, SAMPLE_METHOD, WindowSummary, histogram_counts, \
     summarize_window
+from .lake import LakeError
 from .snapshot import DataError
 
 __all__ = ["LAYOUT_VERSION", "config_hash", "load_current", "stream_drift", "ExactCounts"]
@@ -64,7 +66,7 @@ def load_current(lake, json_rel: str, html_rel: str, spec):
         return None
     try:
         stored = lake.read_json(json_rel)
-    except (ValueError, OSError):
+    except (ValueError, OSError, LakeError):  # unreadable: computed again and replaced
         return None
     if (stored.get("streaming") or {}).get("config_hash") != config_hash(spec):
         return None
