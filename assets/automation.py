@@ -315,7 +315,9 @@ def _partition_requests(context, spec: EvalSpec, versions: list[str], run_reques
 
 # -- new-data sensor --------------------------------------------------------------------------------------------------
 def landing_fingerprint(lake: Lake, spec: EvalSpec) -> tuple[str, int]:
-    files = list_source_files(lake, spec)
+    from eval_pipeline.suites import landed_files
+
+    files = landed_files(lake, spec)  # the task's landing zone and its evaluation suites' folders
     rows = sorted((f["rel"], f.get("size"), f.get("mtime")) for f in files)
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest(), len(rows)
 
