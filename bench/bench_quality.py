@@ -72,8 +72,8 @@ def generate(path: str, rows: int, seed: int = 0, chunk: int = 1_000_000) -> Non
         table = pa.table({
             "flight_id": ids,
             "delayed": rng.integers(0, 2, n),
-            "time_hour": pa.array(start + (np.arange(lo, lo + n) * (365 * 24 * 3600 // max(rows, 1))).astype(
-                "timedelta64[s]"), pa.timestamp("us", tz="UTC")),
+            "time_hour": pa.array(start + (np.arange(lo, lo + n) * (365 * 24 * 3600 * 10**6 // max(rows, 1))).astype(
+                "timedelta64[us]"), pa.timestamp("us", tz="UTC")),  # spread over 2013, whatever the row count
             "distance": distance,
             "hour": hour,
             "origin": pa.DictionaryArray.from_arrays(origin_idx, pa.array(["EWR", "JFK", "LGA", "XXX"]))
