@@ -10,8 +10,10 @@ running the ``evaluation`` step). Dask is imported only when this backend is use
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterable, Iterator
 
+log = logging.getLogger(__name__)
 LOCAL = "local"
 CONNECT_TIMEOUT = "30s"  # a scheduler that does not answer in this time is down (Dask's own default)
 
@@ -49,6 +51,8 @@ class DaskBackend:
 
     def map(self, fn: Callable, items: Iterable) -> Iterator:
         items = list(items)
+        log.info("%d shard(s) on the Dask cluster at %s (%d workers)", len(items), self.client.scheduler.address,
+                 len(self.client.scheduler_info()["workers"]))
         # pure=False: a shard is read anew each time (its files may be rewritten between runs under the same name)
         futures = self.client.map(fn, items, pure=False)
         try:
