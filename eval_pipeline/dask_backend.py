@@ -45,7 +45,8 @@ class DaskBackend:
                     self._client = Client(self.address, timeout=CONNECT_TIMEOUT)
                 except OSError as exc:
                     raise ConnectionError(f"EVAL_DASK_ADDRESS={self.address}: cannot reach the Dask scheduler "
-                                          f"({exc}); start it or unset EVAL_DASK_ADDRESS to evaluate in process") from None
+                                          f"({exc}); start it, or unset EVAL_DASK_ADDRESS to evaluate in "
+                                          f"process") from None
             self._owned.insert(0, self._client)
         return self._client
 

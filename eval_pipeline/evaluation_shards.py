@@ -4,11 +4,12 @@ The scoring step writes each model's predictions in evaluation-row order over th
 rows inside ``data.evaluation_start/end``, in snapshot order). So a shard is some snapshot rows plus the *matching row
 range* of every predictions file: shard i covers evaluation rows ``[row_offset, row_offset + rows)``, where
 ``row_offset`` counts the evaluation rows of the shards before it (the timestamp column only, when there is a window;
-row counts from the parquet metadata when there is none).
+the manifest's row counts when there is none).
 
-One shard per snapshot part (one immutable parquet file per landed file, ``Snapshot.parts``). :class:`ShardReader` reads one shard (or every row) and
-streams each predictions file in lockstep with the snapshot's batches, so no file is ever read whole; it is picklable,
-so a Dask worker reads its own shard from the lake (see :mod:`eval_pipeline.engine.shards`).
+One shard per snapshot part (one immutable parquet file per landed file, ``Snapshot.parts``). :class:`ShardReader`
+reads one shard (or every row) and streams each predictions file in lockstep with the snapshot's batches, so no file
+is ever read whole; it is picklable, so a Dask worker reads its own shard from the lake (see
+:mod:`eval_pipeline.engine.shards`).
 """
 from __future__ import annotations
 
@@ -40,13 +41,13 @@ class OutOfStepError(ShardError):
 
 @dataclass(frozen=True)
 class RowShard:
-    """Some of a snapshot's evaluation rows: the snapshot ``parts`` (indices into its manifest's parts; None: the
-    whole snapshot) and where those rows sit in the predictions files (``row_offset``, ``rows``)."""
+    """Some of a snapshot's evaluation rows: the snapshot ``parts`` (indices into ``Snapshot.parts``) and where those
+    rows sit in the predictions files (``row_offset``, ``rows``)."""
 
     index: int
     row_offset: int
     rows: int
-    parts: tuple[int, ...] | None = None
+    parts: tuple[int, ...] = ()
 
 
 def _windowed(spec: EvalSpec) -> bool:
@@ -55,20 +56,16 @@ def _windowed(spec: EvalSpec) -> bool:
 
 def shard_rows(lake: Lake, snap: Snapshot, spec: EvalSpec, columns: list[str], shard: RowShard | None):
     """The snapshot's evaluation rows of one shard (None: all of them), in snapshot order."""
-    if shard is None or shard.parts is None:
+    if shard is None:
         return eval_rows(lake, snap, spec, columns)
     return eval_rows(lake, snap, spec, columns, parts=list(shard.parts))
 
 
 def snapshot_shards(lake: Lake, snap: Snapshot, spec: EvalSpec) -> list[RowShard]:
-    """One shard per snapshot part, with its evaluation-row range (one shard in all for a snapshot without parts);
-    parts without evaluation rows are left out."""
-    parts = getattr(snap, "parts", None)
-    if not parts:
-        rows = sum(b.num_rows for b in eval_rows(lake, snap, spec, [spec.columns.id]))
-        return [RowShard(0, 0, rows)] if rows else []
+    """One shard per snapshot part, with its evaluation-row range (a snapshot of the earlier one-file layout is one
+    part); parts without evaluation rows are left out."""
     shards, offset = [], 0
-    for i, part in enumerate(parts):
+    for i, part in enumerate(snap.parts):
         rows = int(part["rows"])
         if _windowed(spec):  # count the rows inside the window: the timestamp column only
             rows = sum(b.num_rows for b in shard_rows(lake, snap, spec, [spec.columns.timestamp],
