@@ -39,10 +39,10 @@ class DaskBackend:
                 cluster = LocalCluster(n_workers=self.n_workers, processes=True, threads_per_worker=1,
                                        host="127.0.0.1", dashboard_address=None)
                 self._owned.append(cluster)
-                self._client = Client(cluster)
+                self._client = Client(cluster, set_as_default=False)
             else:
                 try:
-                    self._client = Client(self.address, timeout=CONNECT_TIMEOUT)
+                    self._client = Client(self.address, timeout=CONNECT_TIMEOUT, set_as_default=False)
                 except OSError as exc:
                     raise ConnectionError(f"EVAL_DASK_ADDRESS={self.address}: cannot reach the Dask scheduler "
                                           f"({exc}); start it, or unset EVAL_DASK_ADDRESS to evaluate in "
@@ -54,7 +54,7 @@ class DaskBackend:
         items = list(items)
         log.info("%d shard(s) on the Dask cluster at %s (%d workers)", len(items), self.client.scheduler.address,
                  len(self.client.scheduler_info()["workers"]))
-        # pure=False: a shard is read anew each time (its files may be rewritten between runs under the same name)
+        # pure=False: never a result kept from another evaluation (and no hashing of the combiner and the reader)
         futures = self.client.map(fn, items, pure=False)
         try:
             for f in futures:
