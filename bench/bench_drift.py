@@ -171,8 +171,9 @@ def land_stream_lake(profile: str, rows: int, root: str, chunk: int = 1_000_000)
             frame = (ref if w == 0 else cur).reset_index(drop=True)
             columns = list(frame.columns)
             frame.insert(0, "row_id", np.arange(w * rows + start, w * rows + start + n, dtype=np.int64))
+            step_us = 20 * 86400 * 10 ** 6 // rows  # 20 days per window, whole microseconds (the lake's unit)
             frame["ts"] = pd.Timestamp(f"2024-0{month}-01", tz="UTC") + pd.to_timedelta(
-                (start + np.arange(n)) * (20 * 86400 / rows), unit="s")
+                (start + np.arange(n, dtype=np.int64)) * step_us, unit="us")
             frame["y"] = (frame["row_id"] % 3 == 0).astype(np.int64)
             lake.write_parquet(f"incoming/bench/w{w}-{i:04d}.parquet", frame)
             del ref, cur, frame

@@ -156,6 +156,9 @@ class _ColumnState:
             if present.any():
                 self.mn, self.mx = min(self.mn, x[present].min()), max(self.mx, x[present].max())
             values = x
+            head = x[:4096]
+            if self.alive and len(np.unique(head[~np.isnan(head)])) > self.coder.cap:
+                self.alive = False  # a continuous column: no hashing of all its values to learn that
         else:
             values = s
             present = None
@@ -163,7 +166,7 @@ class _ColumnState:
         if ids is None:
             self.alive = False
             if present is None:
-                present = ~s.isna().to_numpy() & ~np.array([_is_inf(v) for v in s], dtype=bool)
+                present = (s.notna() & ~s.isin([np.inf, -np.inf])).to_numpy(dtype=bool)
         else:
             present = ids >= 0
         self.n += int(present.sum())
