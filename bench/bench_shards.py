@@ -9,8 +9,15 @@ replicates:
            processes (one thread each, 127.0.0.1); the cluster's start is timed apart from the evaluation;
 - local  : ``evaluate_shards`` on the in-process ``LocalBackend`` (shards one after the other).
 
-Each result's JSON is hashed (sha256): they must be identical. Usage:
-``python bench/bench_shards.py [--rows 1000000] [--files 8] [--workers 2]``; the last line is JSON.
+Each result's JSON is hashed (sha256): they must be identical.
+
+``--pipeline``: the pipeline's metrics step instead (``pipeline.compute_metrics``: snapshot parts joined with both
+models' predictions files, metrics, bootstrap, gates) on the toy task of ``tests/toy.py`` with ``--rows`` rows landed
+as ``--files`` files (refresh, quality and scoring run once, untimed), in process and with ``EVAL_DASK_ADDRESS`` set
+to a running ``LocalCluster``; metrics.json and gates.json compared byte for byte.
+
+Usage: ``python bench/bench_shards.py [--rows 1000000] [--files 8] [--workers 2] [--pipeline]``; the last line is
+JSON.
 """
 from __future__ import annotations
 
@@ -81,6 +88,62 @@ def phases(paths, backend, args):
     return result, map_s
 
 
+def bench_pipeline(a):
+    """compute_metrics in process vs on a Dask LocalCluster, on the toy task (see the module docstring)."""
+    os.environ["EVAL_ALLOW_PICKLE"] = "1"  # the toy's models are the test suite's own joblib pickles
+    os.environ.pop("EVAL_DASK_ADDRESS", None)
+    from eval_pipeline import pipeline
+    from eval_pipeline.dask_backend import DaskBackend
+    from eval_pipeline.lake import Lake
+    from eval_pipeline.registry import Registry
+    from tests.toy import fit_model, land, register_joblib, toy_frame, toy_spec
+
+    with tempfile.TemporaryDirectory() as folder:
+        lake = Lake(os.path.join(folder, "lake"))
+        frame = toy_frame(a.rows, seed=1)
+        land(lake, frame, parts=a.files)
+        reg = Registry(lake)
+        register_joblib(reg, "1", fit_model(frame.iloc[:5000], c=0.05))
+        register_joblib(reg, "2", fit_model(frame.iloc[:5000]))
+        reg.set_champion("toy_model", "1", reason="benchmark")
+        spec = toy_spec(evaluation={"bootstrap_replicates": a.boot},
+                        metrics=["accuracy", "f1", "roc_auc", "average_precision", "log_loss", "brier", "ece"],
+                        model={"name": "toy_model", "batch_size": 100_000})
+        ctx = pipeline.TaskContext(lake, spec)
+        snap = pipeline.refresh(ctx)
+        assert pipeline.validate(ctx, snap).success
+        inputs = pipeline.resolve_inputs(ctx, "2", snap.snapshot_id)
+        pipeline.score(ctx, snap, inputs)
+        folder_rel = pipeline.evaluation_dir(ctx, inputs)
+
+        def step():
+            t = time.perf_counter()
+            pipeline.compute_metrics(ctx, snap, inputs)  # recomputes: result.json (the completion mark) is not written
+            took = time.perf_counter() - t
+            return took, b"".join(lake.read_bytes(f"{folder_rel}/{f}") for f in ("metrics.json", "gates.json"))
+
+        step()  # warms the file cache and this process's imports, as the cold Dask run below warms the workers
+        single_s, single = step()
+        with DaskBackend("local", n_workers=a.workers) as backend:
+            os.environ["EVAL_DASK_ADDRESS"] = backend.client.scheduler.address
+            cold_s, cold = step()  # fresh workers import the package (pandas, pyarrow, scikit-learn) first
+            dask_s, sharded = step()
+            del os.environ["EVAL_DASK_ADDRESS"]
+    load = os.getloadavg()[0]
+    print(f"pipeline metrics step, toy task, {a.rows:,} rows in {a.files} landed files, {a.boot} replicates, "
+          f"load average {load:.1f}")
+    print(f"in process                       : {single_s:7.2f} s")
+    print(f"Dask LocalCluster, {a.workers} workers     : {dask_s:7.2f} s  ({dask_s / single_s:.2f} x); first run on "
+          f"fresh workers (their imports): {cold_s:.2f} s")
+    print(f"metrics.json + gates.json identical: {single == sharded == cold}")
+    print(json.dumps({"mode": "pipeline", "rows": a.rows, "files": a.files, "boot": a.boot, "workers": a.workers,
+                      "cpus": os.cpu_count(), "load_average_1min": round(load, 2),
+                      "single_seconds": round(single_s, 3), "dask_seconds": round(dask_s, 3),
+                      "dask_cold_seconds": round(cold_s, 3),
+                      "dask_over_single": round(dask_s / single_s, 3), "identical": single == sharded == cold,
+                      "sha256": hashlib.sha256(single).hexdigest()}))
+
+
 def sha(result) -> str:
     return hashlib.sha256(result.to_json().encode()).hexdigest()
 
@@ -92,7 +155,10 @@ def main():
     ap.add_argument("--slices", type=int, default=20)
     ap.add_argument("--boot", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--pipeline", action="store_true")
     a = ap.parse_args()
+    if a.pipeline:
+        return bench_pipeline(a)
 
     from eval_pipeline.dask_backend import DaskBackend
     from eval_pipeline.engine import evaluate
