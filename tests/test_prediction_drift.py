@@ -20,7 +20,7 @@ from sklearn.preprocessing import OneHotEncoder
 
 from eval_pipeline import pipeline
 from eval_pipeline.lake import Lake
-from eval_pipeline.drift_summary import SAMPLE_METHOD
+from eval_pipeline.drift_summary import SAMPLE_METHOD, row_hash
 from eval_pipeline.prediction_drift import RESULT_FILE
 from eval_pipeline.registry import Registry
 from eval_pipeline.report_html import _prediction_drift_part
@@ -124,6 +124,14 @@ def test_sample_is_stated_and_uncovered_predictions_model_is_skipped(run):
                              "reference_rows_total": len(ref), "current_rows_total": len(cur), "sampled": True,
                              "method": SAMPLE_METHOD}
     assert [m["role"] for m in out["models"]] == ["baseline"] and out["models"][0]["reference_rows"] == 300
+    # the sample is the stated one: the 300 rows of each window with the smallest seeded hash of the id, in window
+    # order; Evidently's default method on the baseline's scores of exactly those rows gives the same score
+    picked = [w.iloc[np.sort(np.lexsort((np.arange(len(w)), row_hash(w["id"].to_numpy(), 0)))[:300])]
+              for w in (ref, cur)]
+    r, c = (run["models"]["1"].predict_proba(w[["a", "b"]])[:, 1] for w in picked)
+    test, res = _evidently(r, c)
+    assert out["models"][0]["method_id"] == test.name
+    assert out["models"][0]["score"] == pytest.approx(float(res.drift_score), rel=1e-9, abs=1e-12)
     (skip,) = out["skipped"]
     assert skip["role"] == "candidate" and skip["model"] == f"{MODEL}@3" and "covers every row" in skip["reason"]
     assert lake.read_json(f"{pipeline.evaluation_dir(ctx, inputs)}/{RESULT_FILE}") == out
