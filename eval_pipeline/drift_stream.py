@@ -34,7 +34,6 @@ import hashlib
 import json
 
 import numpy as np
-import pandas as pd
 
 from .drift_counts import BINNED_NUMERIC_METHODS, REFERENCE_VALUES_BINNED, counts_apply, score_from_counts, \
     sturges_edges
@@ -233,7 +232,7 @@ def stream_drift(lake, snap, spec, *, batch_size: int = 250_000):
     whole = ref.rows <= max_rows and cur.rows <= max_rows
     exact = None
     if not whole:
-        exact = ExactCounts(ref, cur, _exact_kinds(ref, cur, [c for c in cols], categorical))
+        exact = ExactCounts(ref, cur, _exact_kinds(ref, cur, cols, categorical))
         exact.kinds[label] = NUMERIC if label_kind == "numeric" else CATEGORICAL
         _histogram_pass(exact, lake, snap, spec, cols, spec.drift.method)
     result = compute_drift(
