@@ -164,3 +164,20 @@ def test_a_suite_failing_its_expectations_is_inconclusive_without_blocking_the_t
     result = pipeline.decide(ctx, snap, inputs)
     task_gate = {g["gate"]: g["outcome"] for g in result["gates"]}["non_inferiority:roc_auc"]
     assert task_gate == "PASS" and result["verdict"] == "INCONCLUSIVE"  # identical models: only the suites hold it
+
+
+def test_the_new_data_sensor_sees_a_case_dropped_in_a_suite_folder(tmp_path):
+    from assets.automation import landing_fingerprint
+    from eval_pipeline.lake import Lake
+
+    from .toy import land, toy_frame
+
+    lake = Lake(str(tmp_path / "lake"))
+    land(lake, toy_frame(100))
+    spec = toy_spec(suites=[{"name": "edge", "source": "suites/toy/edge", "per_example": True}])
+    before, n = landing_fingerprint(lake, spec)
+    assert n == 2
+    land(lake, toy_frame(5), parts=1, source="suites/toy/edge")
+    after, n = landing_fingerprint(lake, spec)
+    assert n == 3 and after != before
+    assert landing_fingerprint(lake, toy_spec()) == (before, 2)  # a task without suites: its landing zone only
