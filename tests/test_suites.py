@@ -181,3 +181,36 @@ def test_the_new_data_sensor_sees_a_case_dropped_in_a_suite_folder(tmp_path):
     after, n = landing_fingerprint(lake, spec)
     assert n == 3 and after != before
     assert landing_fingerprint(lake, toy_spec()) == (before, 2)  # a task without suites: its landing zone only
+
+
+def test_a_candidate_that_raises_on_a_suites_rows_fails_it_with_the_message(tmp_path):
+    import skops.io as sio
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from eval_pipeline.lake import Lake
+    from eval_pipeline.registry import Registry
+
+    from .toy import land, run_steps, toy_frame
+
+    def model(frame, unknown):
+        pre = ColumnTransformer([("num", StandardScaler(), ["a"]),
+                                 ("cat", OneHotEncoder(handle_unknown=unknown), ["b"])])
+        return make_pipeline(pre, LogisticRegression()).fit(frame[["a", "b"]], frame["y"])
+
+    lake = Lake(str(tmp_path / "lake"))
+    frame = toy_frame(1200, seed=3)
+    land(lake, frame)
+    land(lake, toy_frame(10, seed=4).assign(b="w"), parts=1, source="suites/toy/new_b")  # a value never trained on
+    reg = Registry(lake)
+    for v, unknown in (("1", "ignore"), ("2", "error")):
+        reg.register("toy_model", v, sio.dumps(model(frame, unknown)), flavor="sklearn-skops",
+                     artifact_name="model.skops")
+    reg.set_champion("toy_model", "1", reason="test")
+    spec = toy_spec(suites=[{"name": "new_b", "source": "suites/toy/new_b", "per_example": True}])
+    _, _, _, metrics, report = run_steps(lake, spec, "2")
+    (block,) = metrics["suites"]
+    assert block["verdict"] == "FAIL" and block["status"] == "error" and "Found unknown categories" in block["error"]
+    assert report["verdict"] == "FAIL"
