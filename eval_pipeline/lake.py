@@ -65,6 +65,9 @@ def s3_storage_options() -> dict[str, Any]:
                           "connect_timeout": _env_number("EVAL_S3_CONNECT_TIMEOUT", 5.0),
                           "read_timeout": _env_number("EVAL_S3_READ_TIMEOUT", 30.0)},
         "skip_instance_cache": True,
+        # No listings cache: several processes share one lake, and a listing cached by this process would call an
+        # object another process wrote since (a new snapshot part in a folder listed before) missing.
+        "use_listings_cache": False,
     }
     if endpoint:
         opts["client_kwargs"] = {"endpoint_url": endpoint}

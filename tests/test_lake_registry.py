@@ -232,3 +232,18 @@ def test_sha256_reads_in_chunks_not_whole(tmp_path, monkeypatch):
     assert reads and all(0 < n <= 4096 for n in reads)
     with pytest.raises(FileNotFoundError, match="not found in the lake"):
         lake.sha256("missing.bin")
+
+
+def test_s3_lake_sees_objects_another_process_wrote_after_it_listed_the_folder(s3_lake):
+    """Two processes share a lake: one lists a folder, the other adds an object to it, the first reads that object.
+    (s3fs caches listings per filesystem instance; a cached listing would call the new object missing.)"""
+    other = Lake(s3_lake.root)  # another process's lake: its own S3 filesystem instance
+    s3_lake.write_bytes("shared/a.bin", b"a")
+    assert [f["rel"] for f in s3_lake.find("shared")] == ["shared/a.bin"]
+    assert s3_lake.ls("shared") == ["shared/a.bin"]
+    other.write_bytes("shared/b.bin", b"b")
+    assert s3_lake.read_bytes("shared/b.bin") == b"b"
+    assert s3_lake.exists("shared/b.bin") and s3_lake.info("shared/b.bin")["size"] == 1
+    with s3_lake.open("shared/b.bin") as fh:
+        assert fh.read() == b"b"
+    assert [f["rel"] for f in s3_lake.find("shared")] == ["shared/a.bin", "shared/b.bin"]
