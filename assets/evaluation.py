@@ -48,7 +48,8 @@ def build_evaluation_assets(spec: EvalSpec) -> list:
                     "baseline deltas on the same resamples (skipped when the evidence set of these inputs is already "
                     "complete). The overall values are numeric metadata (candidate/<metric>, baseline/<metric>, "
                     "delta/<metric>, each with /ci_low and /ci_high at evaluation.confidence, unadjusted), so the "
-                    "Plots tab draws them across evaluations.")
+                    "Plots tab draws them across evaluations. The gates are decided here: `verdict` and the gate "
+                    "counts are final as soon as this step ends (release_gates writes them into the result JSON).")
     # The report comes before the gates' result JSON: the result is written last and completes the evidence set,
     # and a FAIL is still explained (a FAIL stops promotion, not the report).
     decision_report = step(
@@ -146,7 +147,13 @@ def _evaluation_metadata(context, ctx, inputs, out: tuple[bool, dict]) -> dict:
     slices = metrics["slices"]
     for warning in metrics.get("warnings", []):
         context.log.warning(warning)
-    return {"reused": reused,
+    # The gates are decided in this step (gates.json, next to the bootstrap replicates): the verdict is final here, so
+    # the UI shows it now, before the report is drawn; release_gates then completes the evidence set with it.
+    gates = ctx.lake.read_json(f"{pipeline.evaluation_dir(ctx, inputs)}/gates.json")
+    context.log.info(f"verdict for {ctx.model_name}@{inputs.version}: {gates['verdict']} {gates.get('counts', {})} "
+                     f"(evidence set completed by release_gates)")
+    return {"reused": reused, "verdict": gates["verdict"],
+            **{f"gates_{k.lower()}": dg.MetadataValue.int(int(v)) for k, v in gates.get("counts", {}).items()},
             "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in metrics.get("warnings", [])) or "none"),
             **numeric_metadata(metrics),
             "rows": dg.MetadataValue.int(int(metrics["n_rows"])),

@@ -22,7 +22,6 @@ import pandas as pd
 from .engine.catalogue import METRICS
 from .lake import Lake, LakeError
 from .markdown import md_table
-from .plots import GREY, OUTCOME_COLOURS, COLOURS, Figure, to_png, to_svg
 from .registry import version_sort_key
 from .spec import EvalSpec
 
@@ -194,6 +193,8 @@ def trend_figure(frame: pd.DataFrame, spec: EvalSpec, metrics: list[str] | None 
     """One panel per key metric: the champion's overall value per snapshot (line; its version annotated where it
     changes), every release candidate's value (markers coloured by verdict), absolute gate bounds (red dashed) and
     the non-inferiority floor (champion minus margin, in the metric's bad direction; dotted). None without rows."""
+    from .plots import COLOURS, GREY, OUTCOME_COLOURS, Figure  # matplotlib: imported by the steps that draw
+
     metrics = [m for m in (metrics or key_metrics(spec)) if f"candidate/{m}" in frame.columns]
     if frame.empty or not metrics:
         return None
@@ -267,6 +268,8 @@ def write_history(lake: Lake, spec: EvalSpec) -> dict:
     """Gather ``history/<task>/<model>/`` into ``trends/<task>/<model>/history.parquet`` and draw ``trend.svg`` /
     ``trend.png``. Returns the frame, the key metrics, the champion's series, the lake paths (relative), the table
     and the plot as markdown (the PNG as a data URI, for Dagster metadata)."""
+    from .plots import to_png, to_svg
+
     task, model = spec.task, spec.model.name
     entries = load_entries(lake, task, model)
     metrics_all = list(spec.metrics or []) or None

@@ -80,6 +80,12 @@ def test_new_candidate_on_unchanged_snapshot_runs_only_the_evaluation_and_new_da
     assert lake.read_bytes(quality_json) == quality_before
     # The evaluation ran on that snapshot, over every evaluation row of it (the toy's 2000 rows).
     assert second["candidate"]["ref"] == f"{MODEL}@3" and second["dataset"]["snapshot_id"] == snapshot_id
+    # The verdict is on the evaluation asset as soon as the gates are decided (before the report is drawn).
+    with dg.DagsterInstance.from_config(str(toy["home"])) as instance:
+        mat = instance.get_latest_materialization_event(key(spec, "evaluation")).asset_materialization
+    assert mat.partition == f"3@{snapshot_id}" and mat.metadata["verdict"].value == second["verdict"]
+    assert sum(mat.metadata[f"gates_{k.lower()}"].value for k in ("PASS", "FAIL", "INCONCLUSIVE")) == len(
+        second["gates"])
     assert _rows_evaluated(ctx, "3", snapshot_id) == len(toy["frame"])
 
     # New data lands: the refresh job runs again, builds a new snapshot, validates it and computes its drift.

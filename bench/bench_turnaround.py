@@ -1,0 +1,200 @@
+"""Benchmark (issue 11, "small runs are instant"): how long a new model version waits for its verdict.
+
+(a) ``eval-pipeline evaluate`` of a NEW candidate on an unchanged, already validated demo snapshot (70,033 rows at
+    the default ``--sample-frac 0.214``): wall seconds of the whole command (a fresh process: imports, Dagster, the
+    evaluation job), ``--trials`` times, median. In the same run, the references:
+    * the same command with ``--force-refresh`` (refresh, validation and drift run again, as before the skip);
+    * the bare import of Great Expectations and Evidently in a fresh process (what skipping them can save at most).
+(b) manifest landed -> verdict visible in the UI: a real ``dagster dev`` (webserver + daemons, 127.0.0.1) over the
+    same lake and DAGSTER_HOME with the DEFAULT sensor interval; a new version is written into the registry layout
+    (artifact first, manifest last, as ``eval-pipeline register`` does); the clock stops when GraphQL shows the
+    run's ``release_gates`` materialization with its verdict. ``--ui-trials`` times, median, with the split:
+    manifest -> run created (sensor), created -> started (queue, launch), started -> verdict (run worker: code
+    location load and the evaluation).
+
+Every candidate is a copy of the demo candidate's artifact under a new version (so it is scored, measured and reported
+like any new version). Targets on a quiet machine (load average < 1): (a) <= 5 s, (b) <= 15 s median. The load
+average is printed before and after; the last line is one JSON object.
+
+    .venv/bin/python bench/bench_turnaround.py                       # both parts, 3 + 5 trials
+    .venv/bin/python bench/bench_turnaround.py --parts a --trials 5
+    .venv/bin/python bench/bench_turnaround.py --sample-frac 1.0      # the full demo (327k rows)
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CLI = str(Path(sys.executable).with_name("eval-pipeline"))
+MODEL = "flights_delay"
+SPEC = ROOT / "eval_pipeline" / "specs" / "flights_delay.yaml"
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _env(lake: Path, home: Path) -> dict:
+    return {**os.environ, "EVAL_LAKE_ROOT": str(lake), "DAGSTER_HOME": str(home), "GX_ANALYTICS_ENABLED": "False",
+            "DAGSTER_DISABLE_TELEMETRY": "1", "EVAL_SPECS": str(SPEC)}
+
+
+def seed(lake: Path, home: Path, sample_frac: float) -> float:
+    """The demo lake, its snapshot refreshed, validated and drift-checked, flights_delay@2 evaluated (not timed)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    t0 = time.perf_counter()
+    subprocess.run([CLI, "demo", "--lake", str(lake), "--dagster-home", str(home), "--sample-frac", str(sample_frac)],
+                   env=_env(lake, home), check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def new_version(lake: Path, version: str) -> None:
+    """A new version in the registry layout: the demo candidate's artifact under another version, manifest last."""
+    from eval_pipeline.lake import Lake
+    from eval_pipeline.registry import Registry
+
+    reg = Registry(Lake(str(lake)))
+    src = reg.manifest(MODEL, "2")
+    reg.register(MODEL, version, reg.lake.read_bytes(reg.artifact_path(src)), flavor=src.flavor,
+                 artifact_name=src.artifact, description=f"bench copy of {MODEL}@2")
+
+
+def evaluate(lake: Path, home: Path, version: str, *extra: str) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run([CLI, "evaluate", "--spec", str(SPEC), "--lake", str(lake), "--dagster-home", str(home),
+                           "--candidate", f"{MODEL}@{version}", *extra], env=_env(lake, home), capture_output=True,
+                          text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode not in (0, 1, 3):
+        raise RuntimeError(f"evaluate {version} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    skipped = "not running" in proc.stderr
+    print(f"  evaluate {MODEL}@{version} {' '.join(extra) or '(default)'}: {seconds:.2f} s"
+          f"{' (refresh job skipped)' if skipped else ' (refresh job ran)'}", flush=True)
+    return seconds
+
+
+def import_seconds() -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import great_expectations, evidently"], check=True,
+                   env={**os.environ, "GX_ANALYTICS_ENABLED": "False"}, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def part_a(lake: Path, home: Path, trials: int, start: int) -> dict:
+    skip, force = [], []
+    for i in range(trials):
+        new_version(lake, str(start + 2 * i))
+        skip.append(evaluate(lake, home, str(start + 2 * i)))
+        new_version(lake, str(start + 2 * i + 1))
+        force.append(evaluate(lake, home, str(start + 2 * i + 1), "--force-refresh"))
+    imports = [import_seconds() for _ in range(max(2, trials // 2))]
+    out = {"evaluate_new_candidate_s": statistics.median(skip), "evaluate_force_refresh_s": statistics.median(force),
+           "import_gx_evidently_s": statistics.median(imports), "trials": trials,
+           "evaluate_runs_s": [round(x, 2) for x in skip], "force_runs_s": [round(x, 2) for x in force]}
+    out["ratio_force_over_new"] = out["evaluate_force_refresh_s"] / out["evaluate_new_candidate_s"]
+    print(f"(a) new candidate, unchanged snapshot: median {out['evaluate_new_candidate_s']:.2f} s  |  with "
+          f"--force-refresh: {out['evaluate_force_refresh_s']:.2f} s ({out['ratio_force_over_new']:.2f}x)  |  bare "
+          f"import of GX + Evidently: {out['import_gx_evidently_s']:.2f} s", flush=True)
+    return out
+
+
+def _verdict_seen(server, version: str):
+    """(run, creation/start times) once the run's release_gates materialization carries a verdict, else None."""
+    runs = server.runs(tags={"eval/version": version}, job=f"{MODEL}__evaluate")
+    if not runs:
+        return None
+    run = runs[0]
+    outcome = server.run_outcome(run["runId"])
+    if outcome["status"] in ("FAILURE", "CANCELED"):
+        raise RuntimeError(f"run {run['runId']} for {MODEL}@{version} ended {outcome['status']}")
+    return (run, outcome) if outcome["verdict"] else None
+
+
+def _idle(server) -> bool:
+    return not [r for r in server.runs() if r["status"] in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")]
+
+
+def part_b(lake: Path, home: Path, trials: int, start: int, log: Path) -> dict:
+    from tests._daemon_util import DagsterDev, wait_for
+
+    env = {k: v for k, v in _env(lake, home).items() if k.startswith(("EVAL_", "GX_", "DAGSTER_"))}
+    env.pop("EVAL_SENSOR_INTERVAL_SECONDS", None)  # the default interval
+    server = DagsterDev(home, env, log).start()
+    rows = []
+    try:
+        time.sleep(15)  # the first sensor ticks (re-evaluation of the champion on the snapshot, if any) ...
+        wait_for(lambda: _idle(server), timeout=600, interval=1, what="no run in flight")  # ... have finished
+        for i in range(trials):
+            version = str(start + i)
+            new_version(lake, version)
+            landed = time.time()
+            run, _ = wait_for(lambda: _verdict_seen(server, version), timeout=300, interval=0.25,
+                              what=f"verdict of {MODEL}@{version}")
+            seen = time.time()
+            row = {"version": version, "total_s": seen - landed,
+                   "sensor_s": run["creationTime"] - landed,
+                   "queue_launch_s": (run["startTime"] or seen) - run["creationTime"],
+                   "run_to_verdict_s": seen - (run["startTime"] or seen)}
+            rows.append(row)
+            print("  " + "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+                  flush=True)
+            wait_for(lambda: _idle(server), timeout=300, interval=0.5, what="run finished")
+    finally:
+        server.stop()
+    out = {"manifest_to_verdict_median_s": statistics.median(r["total_s"] for r in rows), "ui_trials": trials,
+           **{f"{k}_median": statistics.median(r[k] for r in rows)
+              for k in ("sensor_s", "queue_launch_s", "run_to_verdict_s")},
+           "manifest_to_verdict_runs_s": [round(r["total_s"], 2) for r in rows]}
+    print(f"(b) manifest -> verdict in the UI: median {out['manifest_to_verdict_median_s']:.2f} s (sensor "
+          f"{out['sensor_s_median']:.2f} + queue/launch {out['queue_launch_s_median']:.2f} + run "
+          f"{out['run_to_verdict_s_median']:.2f})", flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="ab", help="a, b or ab")
+    ap.add_argument("--trials", type=int, default=3, help="(a): new-candidate evaluations (and as many references)")
+    ap.add_argument("--ui-trials", type=int, default=5, help="(b): versions registered under dagster dev")
+    ap.add_argument("--sample-frac", type=float, default=0.214, help="demo fraction (0.214: a 70,033-row snapshot)")
+    ap.add_argument("--workdir", help="keep the lake and DAGSTER_HOME here (default: a temp folder, removed)")
+    args = ap.parse_args()
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_turnaround_"))
+    lake, home = work / "lake", work / "dagster_home"
+    load_before = _load()
+    print(f"load average before: {load_before}  (targets hold on a quiet machine: load < 1)", flush=True)
+    result = {"bench": "turnaround", "sample_frac": args.sample_frac, "load_before": load_before}
+    try:
+        result["seed_s"] = seed(lake, home, args.sample_frac)
+        from eval_pipeline.lake import Lake
+        from eval_pipeline.snapshot import load_snapshot
+        result["snapshot_rows"] = load_snapshot(Lake(str(lake)), MODEL).manifest["rows"]
+        print(f"demo seeded and evaluated in {result['seed_s']:.1f} s; snapshot rows {result['snapshot_rows']}",
+              flush=True)
+        if "a" in args.parts:
+            result |= part_a(lake, home, args.trials, 100)
+        if "b" in args.parts:
+            result |= part_b(lake, home, args.ui_trials, 200, work / "dagster_dev.log")
+    finally:
+        result["load_after"] = _load()
+        print(f"load average after: {result['load_after']}", flush=True)
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    result["targets"] = {"evaluate_new_candidate_s": 5.0, "manifest_to_verdict_median_s": 15.0}
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
