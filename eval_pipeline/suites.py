@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .lake import LakeError
+
 MAX_IDS = 100
 _RANK = {"PASS": 0, "INCONCLUSIVE": 1, "FAIL": 2}
 
@@ -177,14 +179,19 @@ def _kind_problems(spec, s, at: str) -> list[str]:
 
 # -- refresh: one snapshot per suite, folded into the task's -----------------------------------------------------------
 def refresh_suites(lake, spec) -> dict:
-    """{suite: its snapshot id, or None when its folder has no data file}, each built as the derived task's
-    snapshot (incremental like the task's). The task's refresh folds this into its own snapshot id."""
-    from .snapshot import list_source_files, refresh_files_snapshot
+    """{suite: its snapshot id, None when its folder has no data file, or {"error": why} when its files cannot be
+    used}, each built as the derived task's snapshot (incremental like the task's). The task's refresh folds this
+    into its own snapshot id. A bad suite file does not stop the task's refresh: that suite is INCONCLUSIVE."""
+    from .snapshot import DataError, list_source_files, refresh_files_snapshot
 
     out = {}
     for s in spec.suites:
         derived = suite_spec(spec, s)
-        out[s.name] = refresh_files_snapshot(lake, derived).snapshot_id if list_source_files(lake, derived) else None
+        try:
+            out[s.name] = (refresh_files_snapshot(lake, derived).snapshot_id if list_source_files(lake, derived)
+                           else None)
+        except DataError as exc:  # named relative to the lake root: the task's snapshot id must not depend on it
+            out[s.name] = {"error": str(exc).replace(lake.root.rstrip("/") + "/", "")}
     return out
 
 
@@ -204,11 +211,14 @@ def validate_suites(ctx, snap) -> dict:
     out = {}
     for s in ctx.spec.suites:
         sid = (snap.manifest.get("suites") or {}).get(s.name)
-        if sid is None:
+        if not isinstance(sid, str):
             out[s.name] = None
             continue
         derived = pipeline.TaskContext(ctx.lake, suite_spec(ctx.spec, s), ctx.trusted_types)
-        out[s.name] = pipeline.validate(derived, load_snapshot(ctx.lake, derived.task, sid)).success
+        try:
+            out[s.name] = pipeline.validate(derived, load_snapshot(ctx.lake, derived.task, sid)).success
+        except (ValueError, OSError, LakeError):  # DataError, ...: the evaluation step says why (INCONCLUSIVE)
+            out[s.name] = False
     return out
 
 
@@ -242,9 +252,14 @@ def _evaluate_suite(ctx, snap, suite, candidate, baseline) -> dict:
                                     f"declared; refresh the dataset")
     if ids[suite.name] is None:
         return _inconclusive(block, f"no data files under {suite.source}")
-    ssnap = load_snapshot(ctx.lake, derived.task, ids[suite.name])
+    if isinstance(ids[suite.name], dict):
+        return _inconclusive(block | {"snapshot_id": None}, f"its files cannot be used: {ids[suite.name]['error']}")
+    try:
+        ssnap = load_snapshot(ctx.lake, derived.task, ids[suite.name])
+        quality = pipeline.validate(derived, ssnap)  # the stored result when the data-quality check made it
+    except (ValueError, OSError, LakeError) as exc:  # DataError, ...
+        return _inconclusive(block, f"its snapshot cannot be validated: {exc}")
     block["rows"] = ssnap.manifest.get("rows")
-    quality = pipeline.validate(derived, ssnap)  # the stored result when the data-quality check made it
     if not quality.success:
         return _inconclusive(block, "data quality failed: " + "; ".join(map(str, quality.failures()[:5])))
     roles = {"candidate": candidate} | ({"baseline": baseline} if baseline else {})

@@ -214,3 +214,28 @@ def test_a_candidate_that_raises_on_a_suites_rows_fails_it_with_the_message(tmp_
     (block,) = metrics["suites"]
     assert block["verdict"] == "FAIL" and block["status"] == "error" and "Found unknown categories" in block["error"]
     assert report["verdict"] == "FAIL"
+
+
+def test_a_suite_file_missing_a_column_does_not_stop_the_task(tmp_path):
+    """The refresh records why the suite cannot be used (naming file and column, relative to the lake root); the
+    task is evaluated and the suite is INCONCLUSIVE with that reason."""
+    import skops.io as sio
+
+    from eval_pipeline.lake import Lake
+    from eval_pipeline.registry import Registry
+
+    from .toy import fit_model, land, run_steps, toy_frame
+
+    lake = Lake(str(tmp_path / "lake"))
+    frame = toy_frame(1200, seed=3)
+    land(lake, frame)
+    land(lake, toy_frame(10, seed=4).drop(columns=["a"]), parts=1, source="suites/toy/broken")
+    reg = Registry(lake)
+    reg.register("toy_model", "1", sio.dumps(fit_model(frame)), flavor="sklearn-skops", artifact_name="model.skops")
+    spec = toy_spec(gates=[{"metric": "roc_auc", "kind": "absolute", "min": 0.6}],
+                    suites=[{"name": "broken", "source": "suites/toy/broken", "per_example": True}])
+    _, snap, _, metrics, report = run_steps(lake, spec, "1")  # no champion: the absolute gate decides the task
+    error = snap.manifest["suites"]["broken"]["error"]
+    assert "suites/toy/broken/part-0.parquet" in error and "'a'" in error and str(tmp_path) not in error
+    (block,) = metrics["suites"]
+    assert block["verdict"] == "INCONCLUSIVE" and error in block["reason"] and report["verdict"] == "INCONCLUSIVE"
