@@ -413,6 +413,7 @@ def render_report(result: dict, quality: dict | None, drift: dict | None, curves
     v = result["verdict"]
     colour = VERDICT_COLOURS.get(v, "#333")
     refs = {"candidate": result["candidate"]["ref"], "baseline": (result.get("baseline") or {}).get("ref")}
+    curves = engine_areas(curves, result)  # legends print the engine's exact AUC / AP
     models = (curves or {}).get("models") or {}
     task_type = result.get("task_type") or (curves or {}).get("task_type")
     conf = result.get("metrics", {}).get("confidence", 0.95)
@@ -525,7 +526,7 @@ def render_report_markdown(base_markdown: str, result: dict, quality: dict | Non
     head, rest = lines[:cut], lines[cut:]
     extra = ["## Summary", "", executive_summary(result, quality, drift), "",
              f"**Recommendation.** {recommendation(result)}", ""]
-    png = plots.ui_png(result, curves)
+    png = plots.ui_png(result, engine_areas(curves, result))
     if png:
         import base64
 
@@ -568,6 +569,25 @@ def report_link(lake, rel_path: str, expiration: int = PRESIGN_SECONDS) -> str:
 
 
 # -- the step --------------------------------------------------------------------------------------------------------
+def engine_areas(curves: dict | None, result: dict) -> dict | None:
+    """The plotted curves come from fine score histograms (eval_pipeline.curves: ties within a 1e-4-wide bin); the
+    AUC and AP printed in their legends are the engine's exact overall values. Returns a copy (the binned values
+    under ``binned_auc`` / ``binned_average_precision``); ``curves`` is not changed."""
+    overall = next((s for s in (result.get("metrics") or {}).get("slices", []) if s["slice"] == "overall"), None)
+    if not curves or overall is None or curves.get("task_type") != "binary_classification":
+        return curves
+    models = {}
+    for role, c in curves["models"].items():
+        c = dict(c)
+        engine = overall["models"].get(role, {})
+        for key, metric in (("auc", "roc_auc"), ("average_precision", "average_precision")):
+            value = (engine.get(metric) or {}).get("value")
+            if key in c and value is not None and f"binned_{key}" not in c:
+                c[f"binned_{key}"], c[key] = c[key], value
+        models[role] = c
+    return {**curves, "models": models}
+
+
 def write_report_files(ctx, snap, inputs, result: dict, quality: dict, drift: dict | None, base_markdown: str,
                        paths: dict, roles: dict) -> dict:
     """Compute the plot data (streamed from the lake), write report.md and report.html, return what the asset
@@ -588,7 +608,7 @@ def write_report_files(ctx, snap, inputs, result: dict, quality: dict, drift: di
     ctx.lake.write_text(paths["report_html"], html_text)
     url = report_link(ctx.lake, paths["report_html"])
     return {"markdown": md, "html_uri": ctx.lake.uri(paths["report_html"]), "verdict": result["verdict"],
-            "report_url": url, "plots_markdown": plots.ui_markdown(result, curves, url)}
+            "report_url": url, "plots_markdown": plots.ui_markdown(result, engine_areas(curves, result), url)}
 
 
 def reused_report(ctx, paths: dict, verdict: str | None = None) -> dict:
