@@ -263,6 +263,8 @@ def test_pipeline_streams_the_snapshot_and_equals_gx_on_all_rows(tmp_path):
     assert not result.success and "column 'id' has 2 rows" in " ".join(result.failures())
     stored = ctx.lake.read_json(pipeline.quality_paths(ctx, snap)[0])
     assert stored["provenance"]["method"] == "batched" and stored["results"] == whole.to_dict()["results"]
+    page = ctx.lake.read_text(pipeline.quality_paths(ctx, snap)[1])
+    assert "Validated in batches and merged exactly" in page and stored["provenance"]["expectations_sha256"] in page
 
 
 def test_pipeline_skips_gx_for_a_result_made_by_the_same_expectations(tmp_path, monkeypatch):
