@@ -3,9 +3,10 @@
 ``EVAL_DASK_ADDRESS`` names the scheduler (``tcp://scheduler:8786``); ``local`` starts a ``distributed.LocalCluster``
 of ``EVAL_DASK_WORKERS`` worker processes (default 2, one thread each, on 127.0.0.1, no dashboard) for the duration
 of one evaluation: for tests, benchmarks and a single big machine. Workers need this package (same version: a worker
-keeps the code it imported until it is restarted), read the lake themselves (same ``EVAL_S3_*`` / AWS credentials as
-the client) and send back one accumulator per shard; the merge and the bootstrap run in the client (the process
-running the ``evaluation`` step). Dask is imported only when this backend is used (the ``dask`` extra).
+keeps the code it imported until it is restarted), read the lake themselves (the lake's S3 options travel with it,
+AWS credentials come from each worker's own chain) and send back one accumulator per shard; the merge and the
+bootstrap run in the client (the process running the ``evaluation`` step). Dask is imported only when this backend is
+used (the ``dask`` extra).
 """
 from __future__ import annotations
 

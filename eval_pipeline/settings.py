@@ -44,6 +44,11 @@ VARIABLES: dict[str, str] = {
     "EVAL_S3_MAX_ATTEMPTS": "botocore attempts per S3 request: an integer >= 1",
     "EVAL_S3_CONNECT_TIMEOUT": "S3 connect timeout in seconds: a number > 0",
     "EVAL_S3_READ_TIMEOUT": "S3 read timeout in seconds: a number > 0",
+    "EVAL_S3_BLOCK_SIZE": "bytes per multipart block of an S3 write (the memory one writer holds): an integer "
+                          ">= 5 MiB (default 32 MiB; read by eval_pipeline.lake)",
+    "EVAL_SNAPSHOT_SORT_MAX_BYTES": "largest landed file (bytes of its columns in memory) sorted whole when it "
+                                    "becomes a snapshot part: an integer >= 0 (default 1 GiB; read by "
+                                    "eval_pipeline.snapshot_parts)",
     "EVAL_TRUSTED_TYPES": "extra types skops may load: comma-separated dotted names (module.Class)",
     "EVAL_PROMOTE_ON_PASS": "promote a PASSing candidate automatically: a boolean",
     "EVAL_ALLOW_PICKLE": "allow the sklearn-joblib (pickle) flavor: a boolean",
