@@ -21,7 +21,13 @@ The manifest::
      "time_range": [earliest, latest] (ISO, UTC; merged from the parts'), "data_sha256",
      "parts": [{"path", "rows", "size", "sha256", "time_range", "schema", "order", "source":
                 {"path", "size", "mtime", "sha256"}}, ...],
+     "part_layout": what the parts were built for (layout version, columns, timestamp and id; parts of another
+                    layout are never re-used),
      "source_files": [{"path", "size", "mtime", "sha256", "rows"}, ...]}   (the parts' sources, flat)
+
+A part's ``order`` says how its rows are sorted by (timestamp, id): ``part`` (the whole part), ``row_groups`` (each
+row group: a file too large to sort in memory, see :mod:`eval_pipeline.snapshot_parts`) or ``query`` (a SQL
+extract: the query's ORDER BY). A SQL part is its own source (``mtime`` null).
 
 ``data_sha256`` is the sha256 of the parts' sha256 hex digests in manifest order, each followed by a newline: it
 pins the snapshot's bytes without one file holding them all. Parts whose column types differ (int64 in one file,
