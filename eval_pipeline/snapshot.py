@@ -230,9 +230,9 @@ def unified_arrow_schema(lake: Lake, parts: list[dict], where: str | None = None
     """The schema every part is read as. Parts with equal manifest schemas share one footer read; parts that differ
     are unified by Arrow (int64 with double, null with anything), as concatenating them would. Incompatible types
     raise DataError naming the files (their sources) and the columns."""
-    groups: dict[tuple, dict] = {}
+    groups: dict[tuple, dict] = {}  # sorted: a manifest read back from JSON has its keys sorted
     for p in parts:
-        groups.setdefault(tuple(p["schema"].items()), p)
+        groups.setdefault(tuple(sorted(p["schema"].items())), p)
     schemas = [_part_schema(lake, p) for p in groups.values()]
     if len(schemas) == 1:
         return schemas[0]
@@ -251,7 +251,7 @@ def unified_arrow_schema(lake: Lake, parts: list[dict], where: str | None = None
 
 def _schema_strings(lake: Lake, parts: list[dict], where: str) -> dict[str, str]:
     """The manifest's ``schema``: read from no file when every part has the same one."""
-    if len({tuple(p["schema"].items()) for p in parts}) == 1:
+    if len({tuple(sorted(p["schema"].items())) for p in parts}) == 1:
         return dict(parts[0]["schema"])
     return {f.name: str(f.type) for f in unified_arrow_schema(lake, parts, where)}
 

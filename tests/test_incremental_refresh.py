@@ -108,6 +108,7 @@ def test_landing_a_new_file_reads_only_that_file(lake):
     lake.reset()
     second = refresh_snapshot(lake, spec)
     assert not old & set(lake.touched), f"old files were read: {sorted(old & set(lake.touched))}"
+    assert not set(first.part_paths) & set(lake.touched)  # nor their parts (not even a footer)
     assert f"{SOURCE}/part-3.parquet" in lake.touched  # the new one was
     check_snapshot(lake, second, frames)
     assert second.snapshot_id != first.snapshot_id
