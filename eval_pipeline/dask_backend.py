@@ -1,12 +1,12 @@
 """The Dask backend of sharded evaluation (:mod:`eval_pipeline.engine.shards`): one task per shard on a Dask cluster.
 
 ``EVAL_DASK_ADDRESS`` names the scheduler (``tcp://scheduler:8786``); ``local`` starts a ``distributed.LocalCluster``
-of ``EVAL_DASK_WORKERS`` worker processes (default 2, one thread each, on 127.0.0.1, no dashboard) for the duration
-of one evaluation: for tests, benchmarks and a single big machine. Workers need this package (same version: a worker
-keeps the code it imported until it is restarted), read the lake themselves (the lake's S3 options travel with it,
-AWS credentials come from each worker's own chain) and send back one accumulator per shard; the merge and the
-bootstrap run in the client (the process running the ``evaluation`` step). Dask is imported only when this backend is
-used (the ``dask`` extra).
+of ``EVAL_DASK_WORKERS`` worker processes (default 2, one thread each; every server of it, the dashboard too, on
+127.0.0.1 and free ports, so two clusters never compete for 8787) for the duration of one evaluation: for tests,
+benchmarks and a single big machine. Workers need this package (same version: a worker keeps the code it imported
+until it is restarted), read the lake themselves (the lake's S3 options travel with it, AWS credentials come from
+each worker's own chain) and send back one accumulator per shard; the merge and the bootstrap run in the client (the
+process running the ``evaluation`` step). Dask is imported only when this backend is used (the ``dask`` extra).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class DaskBackend:
 
             if self.address in (None, LOCAL):
                 cluster = LocalCluster(n_workers=self.n_workers, processes=True, threads_per_worker=1,
-                                       host="127.0.0.1", dashboard_address=None)
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
                 self._owned.append(cluster)
                 self._client = Client(cluster, set_as_default=False)
             else:

@@ -37,7 +37,10 @@ def dask():
     from eval_pipeline.dask_backend import DaskBackend
 
     with DaskBackend("local", n_workers=2) as backend:
-        assert len(backend.client.scheduler_info()["workers"]) == 2
+        info = backend.client.scheduler_info()
+        assert len(info["workers"]) == 2
+        assert all(a.startswith("tcp://127.0.0.1:") for a in [backend.client.scheduler.address, *info["workers"]])
+        assert backend.client.dashboard_link.startswith("http://127.0.0.1:")
         yield backend
 
 
