@@ -160,7 +160,7 @@ def _evaluation_metadata(context, ctx, inputs, out: tuple[bool, dict]) -> dict:
             "slices_evaluated": sum(1 for s in slices if s.get("status") == "ok"),
             "slices_too_small": sum(1 for s in slices if s.get("status") != "ok"),
             "overall": dg.MetadataValue.md(_overall_table(metrics)),
-            **_fairness_metadata(metrics.get("fairness"))}
+            **_fairness_metadata(metrics.get("fairness")), **_suites_metadata(metrics.get("suites"))}
 
 
 def _fairness_metadata(block: dict | None) -> dict:
@@ -178,6 +178,17 @@ def _fairness_metadata(block: dict | None) -> dict:
             if cell.get("value") is not None:
                 meta[f"fairness/{m}/{role}"] = dg.MetadataValue.float(cell["value"])
     return meta
+
+
+def _suites_metadata(blocks: list | None) -> dict:
+    """The evaluation suites: one row per suite (outcome, what decided it, failing ids) and each suite's verdict.
+    Nothing without suites."""
+    if not blocks:
+        return {}
+    from eval_pipeline.report_suites import SUMMARY_HEADER, summary_rows
+
+    return {"suites": dg.MetadataValue.md(md_table(SUMMARY_HEADER, summary_rows(blocks))),
+            **{f"suite/{b['name']}": b.get("verdict") or "not gated" for b in blocks}}
 
 
 def _report(ctx: pipeline.TaskContext, inputs: pipeline.EvalInputs) -> dict:
