@@ -162,5 +162,9 @@ def test_report_and_dagster_show_the_suites(evaluated):
             deciding = check.metadata["deciding_gates"].value
             assert not check.passed and "suite:edge_cases:every_example" in deciding
             assert "suite:golden" not in deciding and "non_inferiority:roc_auc" not in deciding
+        evaluation = instance.get_latest_materialization_event(dg.AssetKey([TASK, "evaluation"]))
+        meta = evaluation.asset_materialization.metadata
+        assert meta["suite/edge_cases"].value == "FAIL" and meta["suite/golden"].value == "PASS"
+        assert "9001, 9007, 9100" in meta["suites"].value
         report = instance.get_latest_materialization_event(dg.AssetKey([TASK, "decision_report"]))
         assert "9001, 9007, 9100" in report.asset_materialization.metadata["report"].value
