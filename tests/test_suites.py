@@ -239,3 +239,25 @@ def test_a_suite_file_missing_a_column_does_not_stop_the_task(tmp_path):
     assert "suites/toy/broken/part-0.parquet" in error and "'a'" in error and str(tmp_path) not in error
     (block,) = metrics["suites"]
     assert block["verdict"] == "INCONCLUSIVE" and error in block["reason"] and report["verdict"] == "INCONCLUSIVE"
+
+
+def test_per_example_multiclass_and_regression_read_their_score_columns():
+    """Multiclass: one probability column per class (the arg-max class must be the label); regression: the
+    prediction within ``tolerance`` of the label. References: numpy on the same arrays."""
+    edge = type("Suite", (), {"name": "edge", "tolerance": 0.25})()
+    classes = ["a", "b", "c"]
+    spec = toy_spec(task_type="multiclass_classification", metrics=["accuracy"], gates=[],
+                    model={"name": "toy_model", "classes": classes})
+    probs = rng.dirichlet([1, 1, 1], 90)
+    label = rng.choice(classes, 90)
+    frame = pd.DataFrame({"id": np.arange(90), "y": label} | {f"candidate__p_{c}": probs[:, k]
+                                                              for k, c in enumerate(classes)})
+    cols = {"candidate": [f"candidate__p_{c}" for c in classes]}
+    block = suites.per_example([frame.iloc[:40], frame.iloc[40:]], spec, edge, cols)
+    assert block["models"]["candidate"]["failing_ids"] == np.flatnonzero(
+        np.array(classes)[probs.argmax(axis=1)] != label).tolist()
+    spec = toy_spec(task_type="regression", metrics=["mae"], gates=[])
+    y, pred = rng.normal(size=60), rng.normal(size=60)
+    frame = pd.DataFrame({"id": np.arange(60) + 7, "y": y, "candidate__prediction": pred})
+    block = suites.per_example([frame], spec, edge, {"candidate": "candidate__prediction"})
+    assert block["models"]["candidate"]["failing_ids"] == (np.flatnonzero(np.abs(pred - y) > 0.25) + 7).tolist()
