@@ -157,8 +157,8 @@ class Lake:
         return [{**e, "rel": r} for r, e in entries] if detail else [r for r, _ in entries]
 
     def find(self, rel: str) -> list[dict]:
-        """All files below a folder with size and modification time, sorted by path."""
-        return [{"rel": self.rel(name), "size": info.get("size"), "mtime": _mtime(info)}
+        """All files below a folder with size, modification time and (object stores) ETag, sorted by path."""
+        return [{"rel": self.rel(name), "size": info.get("size"), "mtime": _mtime(info), "etag": _etag(info)}
                 for name, info in self._listing("find", rel)]
 
     def _listing(self, how: str, rel: str) -> list[tuple[str, dict]]:
@@ -174,7 +174,7 @@ class Lake:
 
     def info(self, rel: str) -> dict:
         info = self.fs.info(self.path(rel))
-        return {"rel": _clean_rel(rel), "size": info.get("size"), "mtime": _mtime(info)}
+        return {"rel": _clean_rel(rel), "size": info.get("size"), "mtime": _mtime(info), "etag": _etag(info)}
 
     # -- reads ---------------------------------------------------------------------------------------------------
     def read_bytes(self, rel: str) -> bytes:
@@ -318,6 +318,13 @@ class Lake:
     def delete(self, rel: str, recursive: bool = False) -> None:
         if self.exists(rel):
             self.fs.rm(self.path(rel), recursive=recursive)
+
+
+def _etag(info: dict) -> str | None:
+    """An object's ETag (None on a local disk): it changes with the content even when S3's one-second
+    LastModified and the size do not (an object replaced within the same second)."""
+    etag = info.get("ETag") or info.get("etag")
+    return str(etag).strip('"') if etag else None
 
 
 def _mtime(info: dict) -> float | None:

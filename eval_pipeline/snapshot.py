@@ -10,17 +10,17 @@ A snapshot is a manifest of immutable parts, one per landed file (:mod:`eval_pip
 A snapshot is identified by the hash of its inputs (file names and their sha256) plus the columns the spec asks for,
 so refreshing twice over the same files gives the same snapshot id and re-uses it.
 
-Refreshing is incremental: a landed file whose (path, size, mtime) equal a source of the latest snapshot re-uses
-that source's sha256 and part without being read (the part is checked to exist with its recorded size, from one
-listing of the parts folder, and rebuilt otherwise). Only new or changed files are read: hashed in chunks, then
-written as a part in bounded memory. A whole snapshot is re-used the same way, never by re-reading its data.
+Refreshing is incremental: a landed file whose (path, size, mtime; on S3 also ETag) equal a source of the latest
+snapshot re-uses that source's sha256 and part without being read (the part is checked to exist with its recorded
+size, from one listing of the parts folder, and rebuilt otherwise). Only new or changed files are read: hashed in
+chunks, then written as a part in bounded memory. A whole snapshot is re-used the same way, never by re-reading its data.
 
 The manifest::
 
     {"task", "snapshot_id", "content_hash", "created_at", "rows", "schema": {column: arrow type},
      "time_range": [earliest, latest] (ISO, UTC; merged from the parts'), "data_sha256",
      "parts": [{"path", "rows", "size", "sha256", "time_range", "schema", "order", "source":
-                {"path", "size", "mtime", "sha256"}}, ...],
+                {"path", "size", "mtime", "sha256", "etag" (S3 only)}}, ...],
      "part_layout": what the parts were built for (layout version, columns, timestamp and id; parts of another
                     layout are never re-used),
      "source_files": [{"path", "size", "mtime", "sha256", "rows"}, ...]}   (the parts' sources, flat)
@@ -214,8 +214,8 @@ def _reusable_part(previous: dict[tuple, dict], file: dict, sizes: dict[str, int
     if file.get("mtime") is None:
         return None  # no modification time: the file cannot be trusted unchanged without reading it
     entry = previous.get((file["rel"], file.get("size"), file.get("mtime")))
-    if entry is None or sizes.get(entry["path"]) != entry["size"]:
-        return None
+    if entry is None or entry["source"].get("etag") != file.get("etag") or sizes.get(entry["path"]) != entry["size"]:
+        return None  # new, or replaced (on S3 the ETag tells within LastModified's second), or its part is gone
     return entry
 
 

@@ -244,7 +244,8 @@ def write_part(lake: Lake, spec: EvalSpec, file: dict) -> dict:
     rel = file["rel"]
     columns = spec.all_columns()
     digest, size = lake.sha256(rel)
-    source_entry = {"path": rel, "size": size, "mtime": file.get("mtime"), "sha256": digest}
+    source_entry = {"path": rel, "size": size, "mtime": file.get("mtime"), "sha256": digest,
+                    **({"etag": file["etag"]} if file.get("etag") else {})}
     source = _Source(lake, file, columns, spec)
     try:
         order = "part" if source.estimated_bytes <= sort_max_bytes() else "row_groups"
@@ -262,7 +263,8 @@ def _unchanged_since_listed(lake: Lake, file: dict, hashed_size: int) -> None:
     """The file was hashed, then parsed: if it was replaced meanwhile, the part would not be the hashed content."""
     now = lake.info(file["rel"])
     if (now["size"] != hashed_size or file.get("size") not in (None, hashed_size)
-            or (file.get("mtime") is not None and now["mtime"] != file["mtime"])):
+            or (file.get("mtime") is not None and now["mtime"] != file["mtime"])
+            or (file.get("etag") is not None and now.get("etag") != file["etag"])):
         raise DataError(f"{lake.uri(file['rel'])}: the file changed while it was being read (size/mtime "
                         f"{file.get('size')}/{file.get('mtime')} when listed, {now['size']}/{now['mtime']} now); "
                         f"refresh again once the upload is complete")

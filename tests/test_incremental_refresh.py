@@ -302,3 +302,33 @@ def test_a_file_replaced_while_it_is_read_is_refused_and_leaves_no_part(tmp_path
         refresh_snapshot(lake, spec)
     assert {f["rel"] for f in lake.find("snapshots")} == before  # no part, no manifest
     assert load_snapshot(lake, "toy").snapshot_id == first.snapshot_id
+
+
+def test_s3_object_replaced_within_the_same_second_is_caught_by_its_etag(request):
+    """S3's LastModified has one-second resolution: a same-size object replaced within that second lists with the
+    same (size, mtime), but not the same ETag."""
+    request.getfixturevalue("s3_env")
+    from .s3_util import bucket_name, create_bucket
+
+    bucket = bucket_name(request)
+    create_bucket(os.environ["EVAL_S3_ENDPOINT_URL"], bucket)
+    lake = CountingLake(f"s3://{bucket}/lake")
+    frame = batch(0, n=200)
+    text = frame.to_csv(index=False)
+    lake.write_text(f"{SOURCE}/part-0.csv", text)
+    first = refresh_snapshot(lake, toy_spec())
+    old_mtime = lake.info(f"{SOURCE}/part-0.csv")["mtime"]
+    fixed = frame.assign(y=1 - frame["y"])  # same length of text: labels flipped
+    assert len(fixed.to_csv(index=False)) == len(text)
+    lake.write_text(f"{SOURCE}/part-0.csv", fixed.to_csv(index=False))
+    # as if the replacement had landed within the same second: S3 would list the same size and LastModified
+    real_find, real_info = lake.find, lake.info
+    lake.find = lambda rel: [{**f, "mtime": old_mtime} for f in real_find(rel)]
+    lake.info = lambda rel: {**real_info(rel), "mtime": old_mtime}
+    assert [f["size"] for f in lake.find(SOURCE)] == [first.parts[0]["source"]["size"]]
+    lake.reset()
+    again = refresh_snapshot(lake, toy_spec())
+    assert f"{SOURCE}/part-0.csv" in lake.touched  # re-read: the ETag differed
+    assert again.snapshot_id != first.snapshot_id
+    got = read_snapshot_table(lake, again, ["id", "y"]).to_pandas().sort_values("id")
+    assert got["y"].tolist() == fixed.sort_values("id")["y"].tolist()
