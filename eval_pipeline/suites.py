@@ -324,3 +324,23 @@ def with_suites(gates_dict: dict, blocks: list[dict] | None) -> dict:
     out["counts"] = counts
     out["suites"] = {b["name"]: b.get("verdict") for b in blocks}
     return out
+
+
+def suites_snapshotted(lake, spec, manifest: dict) -> bool:
+    """True when every suite's snapshot recorded in the task's ``manifest`` was built from exactly the files (paths
+    and sizes) now in the suite's folder (the new-data sensor's check on a fresh cursor)."""
+    from .snapshot import list_source_files, load_snapshot
+
+    recorded = manifest.get("suites") or {}
+    for s in spec.suites:
+        derived = suite_spec(spec, s)
+        landed = {(f["rel"], f.get("size")) for f in list_source_files(lake, derived)}
+        sid = recorded.get(s.name, "missing")
+        if not isinstance(sid, str) or sid == "missing":
+            if sid == "missing" or landed:  # not recorded at all, or files landed in an empty or broken suite
+                return False
+            continue
+        built = load_snapshot(lake, derived.task, sid).manifest.get("source_files", [])
+        if landed != {(f["path"], f.get("size")) for f in built}:
+            return False
+    return True
