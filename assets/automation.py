@@ -330,6 +330,11 @@ def _landing_zone_is_snapshotted(lake: Lake, spec: EvalSpec) -> bool:
     try:
         manifest = load_snapshot(lake, spec.task, snapshot_id).manifest
         landed = {(f["rel"], f.get("size")) for f in list_source_files(lake, spec)}
+        if spec.suites:  # a case dropped in a suite's folder is new data too
+            from eval_pipeline.suites import suites_snapshotted
+
+            if not suites_snapshotted(lake, spec, manifest):
+                return False
     except (FileNotFoundError, LakeError, DataError):
         return False
     return landed == {(f["path"], f.get("size")) for f in manifest.get("source_files", [])}
