@@ -261,3 +261,25 @@ def test_per_example_multiclass_and_regression_read_their_score_columns():
     frame = pd.DataFrame({"id": np.arange(60) + 7, "y": y, "candidate__prediction": pred})
     block = suites.per_example([frame], spec, edge, {"candidate": "candidate__prediction"})
     assert block["models"]["candidate"]["failing_ids"] == (np.flatnonzero(np.abs(pred - y) > 0.25) + 7).tolist()
+
+
+def test_a_fresh_sensor_cursor_does_not_take_a_new_suite_case_for_refreshed_data(tmp_path):
+    from assets.automation import _landing_zone_is_snapshotted
+    from eval_pipeline import pipeline
+    from eval_pipeline.lake import Lake
+
+    from .toy import land, toy_frame
+
+    lake = Lake(str(tmp_path / "lake"))
+    land(lake, toy_frame(100))
+    land(lake, toy_frame(5), parts=1, source="suites/toy/edge")
+    spec = toy_spec(suites=[{"name": "edge", "source": "suites/toy/edge", "per_example": True},
+                            {"name": "later", "source": "suites/toy/later", "per_example": True}])
+    pipeline.refresh(pipeline.TaskContext(lake, spec))
+    assert _landing_zone_is_snapshotted(lake, spec)
+    lake.write_parquet("suites/toy/edge/case-2.parquet", toy_frame(3, seed=9))
+    assert not _landing_zone_is_snapshotted(lake, spec)
+    pipeline.refresh(pipeline.TaskContext(lake, spec))
+    assert _landing_zone_is_snapshotted(lake, spec)
+    lake.write_parquet("suites/toy/later/first.parquet", toy_frame(3, seed=8))  # the first file of an empty suite
+    assert not _landing_zone_is_snapshotted(lake, spec)
