@@ -308,7 +308,12 @@ def _prediction_scorer(stack: contextlib.ExitStack, lake: Lake, registry: Regist
 
 
 def _joined_scores(joined, ids: pd.Series, ref: str, id_col: str) -> np.ndarray:
-    values, found = joined.take(len(ids))
+    from .external_join import JoinError
+
+    try:
+        values, found = joined.take(len(ids))
+    except JoinError as exc:
+        raise ScoringError(f"model {ref}: {exc}") from None
     if not found.all():  # the in-memory lookup's error, word for word
         raise ScoringError(f"model {ref}: predictions do not cover the dataset: {int((~found).sum())} of {len(ids)} "
                            f"row ids in this batch have no score, e.g. {id_col}={_show(ids.iloc[int(np.flatnonzero(~found)[0])])}")
