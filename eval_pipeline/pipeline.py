@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from .lake import Lake, LakeError
 from .packages import package_versions
 from .registry import ModelManifest, Registry
-from .scoring import predictions_path, score_columns, score_model
+from .scoring import score_columns, score_model
 from .refresh import refresh_snapshot
 from .robustness import with_robustness
-from .snapshot import DataError, Snapshot, eval_rows, latest_pointer, load_snapshot, read_window
+from .snapshot import DataError, Snapshot, latest_pointer, load_snapshot
 from .spec import EvalSpec, spec_text_from
 
 class EvaluationError(ValueError):
