@@ -5,13 +5,16 @@ Public API: :func:`evaluate`, :class:`SliceConfig`, :class:`EvaluationResult`, :
 (CombineFn-style) pieces :func:`make_combiner` / :func:`evaluate_accumulator`.
 This package does not import dagster.
 
-Layout (imports run one way, top to bottom): ``evaluate`` (entry point, result) -> the metric families
-``binary`` / ``multiclass`` / ``regression`` (each a :class:`.accumulate.Family`: create / add / merge / finish /
-compute) -> ``accumulate`` (the generic combiner: atoms, slice values, merge) and ``slices``; the binary family's
-parts ``binary_cells`` (its store and bootstrap cells), ``storage`` / ``spill`` (where its sorted runs and row pieces
-live: memory or disk), ``binary_stats`` (exact statistics of sorted scores) and ``score_cells``; at the bottom
-``columns`` (input checking), ``exact``, ``bootstrap``, ``catalogue`` (the metrics), ``config``, ``errors``.
-``gates`` decides release gates on a result.
+Layout (imports run one way, top to bottom): ``shards`` (sharded evaluation: map shards to accumulators on a
+backend, merge in shard order, then ``evaluate`` once; it imports ``evaluate`` only inside that call) -> ``evaluate``
+(entry point, result) -> the metric families ``binary`` / ``multiclass`` / ``regression`` / ``ranking`` (each a
+:class:`.accumulate.Family`: create / add / merge / finish / compute) -> ``accumulate`` (the generic combiner: atoms,
+slice values, merge) and ``slices``; the binary family's parts ``binary_cells`` (its store and bootstrap cells),
+``storage`` / ``spill`` (where its sorted runs and row pieces live: memory or disk), ``binary_stats`` (exact
+statistics of sorted scores) and ``score_cells``; at the bottom ``columns`` (input checking), ``exact``,
+``bootstrap``, ``catalogue`` (the metrics), ``config``, ``errors``. ``gates`` decides release gates on a result;
+``fairness`` (per-group counts, rates, disparities and their bootstrap, a mergeable combiner of its own) sits beside
+the families, and ``gates`` imports its metric definitions so fairness gates are decided by the same rule.
 
 What is exact and what is approximated
 --------------------------------------
