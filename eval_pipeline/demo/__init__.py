@@ -14,6 +14,8 @@ What gets seeded (lake-relative paths)::
     registry/flights_delay/1/                baseline: logistic regression (skops), champion
     registry/flights_delay/2/                candidate: gradient boosting (skops), trained through a buggy extract
     training/flights_delay/<version>/extract.parquet   the exact rows and labels each version was fitted on
+    suites/flights_delay/golden/             evaluation suite: a seeded sample of 10,000 Jul-Dec flights
+    suites/flights_delay/edge_cases/         per-example suite: 10 December flights the candidate gets right
 
 The story the evaluation should tell: the candidate is better overall, but its training extract took Endeavor Air's
 (carrier 9E) delays from a partner feed that reports ``scheduled - actual`` (positive = early) from April 2013 on, so

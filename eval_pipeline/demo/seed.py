@@ -19,6 +19,7 @@ from .data import (BASELINE_CATEGORICAL, BASELINE_NUMERIC, BUG_CARRIER, BUG_FROM
                    flights_frame, land_monthly_files, packaged_spec_path)
 from .models import (_baseline_pipeline, _candidate_pipeline, _check, _classification_holdout, _fit_with_holdout,
                      _regression_holdout, _spec_trusted_types, skops_bytes)
+from .suites import write_suites
 
 
 
@@ -215,4 +216,8 @@ def seed_demo(lake: Lake | str, *, sample_frac: float | None = None, months: Ite
     for task in tasks:
         trainer = train_and_register if task == "flights_delay" else train_and_register_regression
         models[task] = trainer(lake, frame, model_name=task, seed=seed)
-    return {"lake": lake.root, "rows": int(len(frame)), "files": files, "specs": specs, "models": models}
+    # flights_delay's evaluation suites (golden sample, edge cases): after its models, as the edge cases are picked
+    # by the candidate's own scores
+    suites = write_suites(lake, frame, seed=seed) if "flights_delay" in tasks else {}
+    return {"lake": lake.root, "rows": int(len(frame)), "files": files, "specs": specs, "models": models,
+            "suites": suites}
