@@ -11,8 +11,9 @@ A snapshot is identified by the hash of its inputs (file names and their sha256)
 so refreshing twice over the same files gives the same snapshot id and re-uses it.
 
 Refreshing is incremental: a landed file whose (path, size, mtime; on S3 also ETag) equal a source of the latest
-snapshot re-uses that source's sha256 and part without being read (the part is checked to exist with its recorded
-size, from one listing of the parts folder, and rebuilt otherwise). Only new or changed files are read: hashed in
+snapshot re-uses that source's sha256 and part without being read (the part is checked, from one listing of the
+parts folder, to exist with the size, mtime and ETag recorded when it was written; a part whose stamp moved is
+re-hashed against its sha256 and rebuilt from its source if it no longer matches). Only new or changed files are read: hashed in
 chunks, then written as a part in bounded memory. A whole snapshot is re-used the same way, never by re-reading its data.
 
 The manifest::
@@ -144,13 +145,14 @@ def build_snapshot(lake: Lake, spec: EvalSpec, files: list[dict], where: str, ex
     new part."""
     columns = spec.all_columns()
     previous = _previous_parts(lake, spec)
-    sizes = _part_sizes(lake, [parts_folder(spec.task)] + [posixpath.dirname(p["path"]) for p in previous.values()])
+    listing = _part_listing(lake, [parts_folder(spec.task)] + [posixpath.dirname(p["path"]) for p in previous.values()])
     parts = []
     for f in files:
-        entry = f.get("part") or _reusable_part(previous, f, sizes)
+        entry = f.get("part") or _reusable_part(lake, previous, f, listing)
         if entry is None:
             entry = write_part(lake, spec, f)
-            sizes[entry["path"]] = entry["size"]
+            entry["written"] = _written(lake.info(entry["path"]))
+            listing[entry["path"]] = {"size": entry["size"], **entry["written"]}
         parts.append(entry)
     schema = _schema_strings(lake, parts, where)
 
@@ -201,22 +203,39 @@ def _previous_parts(lake: Lake, spec: EvalSpec) -> dict[tuple, dict]:
             for p in manifest.get("parts", []) if p.get("source", {}).get("mtime") is not None}
 
 
-def _part_sizes(lake: Lake, folders: list[str]) -> dict[str, int]:
-    """Size of every file in these folders: one listing per folder, not one request per part."""
-    sizes = {}
+def _part_listing(lake: Lake, folders: list[str]) -> dict[str, dict]:
+    """Size, mtime (and ETag on S3) of every file in these folders: one listing per folder, not one request per part."""
+    listing = {}
     for folder in sorted(set(folders)):
-        sizes.update({f["rel"]: f["size"] for f in lake.find(folder)})
-    return sizes
+        listing.update({f["rel"]: {"size": f["size"], **_written(f)} for f in lake.find(folder)})
+    return listing
 
 
-def _reusable_part(previous: dict[tuple, dict], file: dict, sizes: dict[str, int]) -> dict | None:
-    """The previous part of an unchanged file (same path, size, mtime) whose part is present with its size."""
+def _written(info: dict) -> dict:
+    """What a part looked like right after it was written: a later in-place change moves its mtime (or ETag)."""
+    return {"mtime": info.get("mtime"), **({"etag": info["etag"]} if info.get("etag") else {})}
+
+
+def _reusable_part(lake: Lake, previous: dict[tuple, dict], file: dict, listing: dict[str, dict]) -> dict | None:
+    """The previous part of an unchanged file (same path, size, mtime) whose part is present and intact.
+
+    A part listed with its recorded size, mtime and ETag is taken as written (nothing is read). A part whose mtime or
+    ETag moved (something wrote to it in place, or a manifest from before parts recorded them) is re-hashed: kept if
+    its sha256 still matches the manifest, rebuilt from its source otherwise."""
     if file.get("mtime") is None:
         return None  # no modification time: the file cannot be trusted unchanged without reading it
     entry = previous.get((file["rel"], file.get("size"), file.get("mtime")))
-    if entry is None or entry["source"].get("etag") != file.get("etag") or sizes.get(entry["path"]) != entry["size"]:
-        return None  # new, or replaced (on S3 the ETag tells within LastModified's second), or its part is gone
-    return entry
+    if entry is None or entry["source"].get("etag") != file.get("etag"):
+        return None  # new, or replaced (on S3 the ETag tells within LastModified's second)
+    listed = listing.get(entry["path"])
+    if listed is None or listed["size"] != entry["size"]:
+        return None  # its part is gone or truncated
+    if entry.get("written") and all(listed.get(k) == v for k, v in entry["written"].items()):
+        return entry
+    digest, _ = lake.sha256(entry["path"])
+    if digest != entry["sha256"]:
+        return None  # changed in place at the same size: rebuilt from the landed file
+    return {**entry, "written": {k: v for k, v in listed.items() if k != "size"}}
 
 
 def _existing_manifest(lake: Lake, folder: str) -> dict | None:

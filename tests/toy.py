@@ -84,3 +84,9 @@ def joblib_bytes(model) -> bytes:
 
 def register_joblib(registry, version, model, name="toy_model"):
     return registry.register(name, version, joblib_bytes(model), flavor="sklearn-joblib", artifact_name="model.joblib")
+
+
+def manifest_content(manifest: dict) -> dict:
+    """A snapshot manifest without the parts' write stamps (a rebuilt part is the same bytes written at another
+    time, so its mtime differs)."""
+    return {**manifest, "parts": [{k: v for k, v in p.items() if k != "written"} for p in manifest["parts"]]}
