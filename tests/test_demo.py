@@ -157,7 +157,7 @@ def test_seed_is_deterministic(seeded, tmp_path):
     lake_a, result_a = seeded
     lake_b = Lake(str(tmp_path / "lake_b"))
     result_b = demo.seed_demo(lake_b, sample_frac=SAMPLE)
-    for rel in result_a["files"]:
+    for rel in result_a["files"] + result_a["suites"]["golden"] + result_a["suites"]["edge_cases"]:
         assert lake_a.read_bytes(rel) == lake_b.read_bytes(rel), rel
     for v in ("1", "2"):
         assert result_a["models"]["flights_delay"]["versions"][v]["sha256"] == \
@@ -285,3 +285,127 @@ def test_demo_verdict_blocks_promotion_and_evaluate_exits_1(full_demo, capsys):
     assert code == 1  # FAIL
     assert "verdict: FAIL" in out and "FAIL         roc_auc on carrier=9E" in out
     assert Registry(lake).champion("flights_delay") == "1"
+
+
+# -- beyond accuracy: the demo's fairness, robustness and evaluation-suite sections ------------------------------------
+def _candidate_and_baseline(lake):
+    spec = load_spec(demo.packaged_spec_path())
+    reg = Registry(lake)
+    return spec, {v: load_model(reg, reg.manifest("flights_delay", v), trusted_types=list(spec.model.trusted_types)
+                                ).model for v in ("1", "2")}
+
+
+def test_seed_writes_the_suites_from_real_flights(seeded):
+    """golden: a sample of the evaluation window; edge_cases: 5 + 5 December flights the candidate calls right with
+    the most confidence (recomputed here from the candidate's scores of every December flight)."""
+    from eval_pipeline.demo import suites as demo_suites
+
+    lake, result = seeded
+    spec, models = _candidate_and_baseline(lake)
+    assert result["suites"] == {"golden": ["suites/flights_delay/golden/golden-2013-h2.parquet"],
+                                "edge_cases": ["suites/flights_delay/edge_cases/2013-12-confident.parquet"]}
+    assert {s.name: s.source for s in spec.suites} == {"golden": "suites/flights_delay/golden",
+                                                       "edge_cases": "suites/flights_delay/edge_cases"}
+    frame = demo.flights_frame(sample_frac=SAMPLE)
+    window = frame[frame["time_hour"] >= pd.Timestamp("2013-07-01", tz="UTC")]
+    golden = lake.read_parquet(result["suites"]["golden"][0])
+    assert len(golden) == min(demo_suites.GOLDEN_ROWS, len(window)) and golden["flight_id"].is_unique
+    assert set(golden["flight_id"]) <= set(window["flight_id"])
+
+    edge = lake.read_parquet(result["suites"]["edge_cases"][0])
+    december = frame[frame["month"] == 12]
+    december = december.assign(p=models["2"].predict_proba(december[spec.columns.features])[:, 1])
+    late_ok = december[(december["delayed"] == 1) & (december["p"] >= 0.3)]
+    on_time_ok = december[(december["delayed"] == 0) & (december["p"] < 0.3)]
+    assert len(edge) == 10 and set(edge["month"]) == {12} and edge["delayed"].sum() == 5
+    e = edge.merge(december[["flight_id", "p"]], on="flight_id", validate="1:1")
+    assert e.loc[e["delayed"] == 1, "p"].min() >= late_ok["p"].nlargest(5).min()
+    assert e.loc[e["delayed"] == 0, "p"].max() <= on_time_ok["p"].nsmallest(5).max()
+    got = models["2"].predict_proba(edge[spec.columns.features])[:, 1]
+    assert ((got >= spec.model.threshold) == (edge["delayed"] == 1)).all()  # every case right: the suite can PASS
+    before = {e["rel"]: e["mtime"] for e in lake.find("suites/flights_delay")}
+    assert sorted(before) == sorted(result["suites"]["golden"] + result["suites"]["edge_cases"])
+    assert demo.seed_demo(lake, sample_frac=SAMPLE)["suites"] == result["suites"]
+    assert {e["rel"]: e["mtime"] for e in lake.find("suites/flights_delay")} == before  # unchanged: not rewritten
+
+
+def _scored_evaluation_rows(lake, result, columns):
+    """The evaluation rows of the demo's snapshot with both models' stored scores (p1 baseline, p2 candidate)."""
+    snap = result["dataset"]["snapshot_id"]
+    data = read_snapshot_table(lake, load_snapshot(lake, "flights_delay", snap)).to_pandas()
+    data = data[data["time_hour"] >= pd.Timestamp("2013-07-01", tz="UTC")][["flight_id", *columns]]
+    found = {}
+    for f in lake.find(f"predictions/flights_delay/{snap}"):
+        name = f["rel"].rsplit("/", 1)[1]
+        if name in ("1.parquet", "2.parquet"):
+            found[name[0]] = lake.read_parquet(f["rel"])[["flight_id", "score"]]
+    assert set(found) == {"1", "2"}, found.keys()
+    return data.merge(found["1"].rename(columns={"score": "p1"}), on="flight_id", validate="1:1") \
+               .merge(found["2"].rename(columns={"score": "p2"}), on="flight_id", validate="1:1")
+
+
+def test_demo_fairness_by_origin_equals_fairlearn_and_adds_no_gate(full_demo):
+    import fairlearn.metrics as fm
+
+    lake, result = full_demo["lake"], full_demo["result"]
+    block = result["metrics"]["fairness"]
+    assert block["sensitive"] == ["origin"] and {g["group"] for g in block["groups"]} == \
+        {"origin=EWR", "origin=JFK", "origin=LGA"}
+    assert not [g for g in result["gates"] if g["gate"].startswith("fairness")]  # reported, never in the Holm family
+    frame = _scored_evaluation_rows(lake, result, ["origin", "delayed"])
+    assert len(frame) == README_EVAL_ROWS
+    for role, col in (("baseline", "p1"), ("candidate", "p2")):
+        pred = (frame[col] >= 0.3).astype(int)
+        for m in ("demographic_parity_difference", "demographic_parity_ratio", "equal_opportunity_difference",
+                  "equalized_odds_difference"):
+            want = getattr(fm, m)(frame["delayed"], pred, sensitive_features=frame["origin"])
+            got = block["disparities"]["models"][role][m]
+            assert abs(got["value"] - want) < 1e-9 and got["ci"][0] <= got["value"] <= got["ci"][1], (role, m)
+        assert m in block["disparities"]["delta"]
+
+
+def test_demo_robustness_perturbations_run_and_pass(full_demo):
+    result = full_demo["result"]
+    spec = load_spec(demo.packaged_spec_path())
+    block = result["metrics"]["robustness"]
+    assert block["rows"] == spec.robustness.max_rows == 20000 and block["verdict"] == "PASS"
+    by_name = {p["name"]: p for p in block["perturbations"]}
+    assert list(by_name) == [p.name for p in spec.robustness.perturbations]
+    for name, p in by_name.items():
+        assert p["status"] == "ok" and p["error"] is None, (name, p["error"])
+        assert {g["metric"] for g in p["gates"]} == {"roc_auc", "accuracy"}
+        assert all(g["outcome"] == "PASS" for g in p["gates"]), (name, p["gates"])
+    rows = [g for g in result["gates"] if g.get("family") == "robustness"]
+    assert len(rows) == 8 and all(g["outcome"] == "PASS" for g in rows)
+
+
+def test_demo_suites_pass_golden_auc_equals_scikit_learn(full_demo):
+    from sklearn.metrics import roc_auc_score
+
+    lake, result = full_demo["lake"], full_demo["result"]
+    blocks = {b["name"]: b for b in result["metrics"]["suites"]}
+    assert {n: b["verdict"] for n, b in blocks.items()} == {"golden": "PASS", "edge_cases": "PASS"}
+    assert result["gate_summary"]["suites"] == {"golden": "PASS", "edge_cases": "PASS"}
+    edge = blocks["edge_cases"]
+    assert edge["kind"] == "per_example" and edge["models"]["candidate"]["rows"] == 10
+    assert edge["models"]["candidate"]["wrong"] == 0 and edge["new_failures"]["count"] == 0
+    spec, models = _candidate_and_baseline(lake)
+    golden = lake.read_parquet("suites/flights_delay/golden/golden-2013-h2.parquet")
+    assert blocks["golden"]["rows"] == len(golden) == 10_000
+    auc = {v: roc_auc_score(golden["delayed"], m.predict_proba(golden[spec.columns.features])[:, 1])
+           for v, m in models.items()}
+    gates = {g["gate"]: g for g in blocks["golden"]["gates"]}
+    assert set(gates) == {"suite:golden:golden_auc_not_worse", "suite:golden:golden_auc_floor"}
+    for g in gates.values():
+        assert g["outcome"] == "PASS" and abs(g["value"] - auc["2"]) < 1e-9
+        assert abs(g["baseline_value"] - auc["1"]) < 1e-9
+
+
+def test_demo_report_has_the_beyond_accuracy_sections(full_demo):
+    lake, result = full_demo["lake"], full_demo["result"]
+    html = lake.read_text(result["paths"]["report_html"])
+    for section in ("<h2 id=fairness>Fairness", "<h2 id=robustness>Robustness", "<h2 id=suites>Evaluation suites"):
+        assert section in html, section
+    md = lake.read_text(result["paths"]["report_md"])
+    for section in ("## Fairness", "## Robustness", "## Evaluation suites"):
+        assert section in md, section
