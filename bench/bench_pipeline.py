@@ -21,7 +21,10 @@ What it does, in a temp lake (``--lake`` to choose the folder, ``--keep`` to kee
 
 Per stage: wall seconds, rows/s (dataset rows / wall), peak RSS MB and RSS bytes per row (an upper bound: it
 includes the interpreter and imports). ``--extrapolate-from FILE`` (the JSON line of a smaller run, same machine)
-adds the marginal bytes/row per stage and the RSS projected to 10^8 rows. ``--check``: a CI-sized run (200,000
+adds the marginal bytes/row per stage and the RSS projected linearly to 10^8 rows. Compare runs with the same
+``--file-rows`` (refresh works file by file) and read the projection as an upper bound for stages whose memory is
+set by a block size rather than the rows (scoring's join buckets, the engine's spill runs, validation's uniqueness
+partitions): their blocks grow until they reach their size, then stay flat. ``--check``: a CI-sized run (200,000
 rows, B = 200) that exits non-zero when a stage fails, a check fails (reference AUCs, dask identity) or a stage
 exceeds ``--rss-limit-mb``.
 
