@@ -103,7 +103,8 @@ def per_example(batches, spec, suite, roles: dict) -> dict:
             else (f"all {cand['rows']} examples right → PASS" if cand["rows"] else "no examples → INCONCLUSIVE"))
     gate = {"gate": f"suite:{suite.name}:every_example", "metric": "per_example", "slice": suite.name,
             "kind": "per_example", "family": f"suite:{suite.name}", "value": cand["right"] / cand["rows"]
-            if cand["rows"] else None, "n": cand["rows"], "outcome": verdict, "rule": rule}
+            if cand["rows"] else None, "n": cand["rows"], "outcome": verdict, "rule": rule,
+            "baseline_value": None, "delta": None, "ci": None}  # every gate row has these keys; no statistics here
     block = {"kind": "per_example", "models": {r: o.to_dict() for r, o in out.items()}, "gates": [gate],
              "verdict": verdict}
     if "baseline" in out:
@@ -232,8 +233,8 @@ def evaluate_suites(ctx, snap, candidate, baseline) -> list[dict] | None:
 
 def _inconclusive(block: dict, reason: str) -> dict:
     gate = {"gate": f"suite:{block['name']}:data", "metric": "suite", "slice": block["name"], "kind": "suite",
-            "family": f"suite:{block['name']}", "value": None, "n": 0, "outcome": "INCONCLUSIVE",
-            "rule": f"{reason} → INCONCLUSIVE"}
+            "family": f"suite:{block['name']}", "value": None, "baseline_value": None, "delta": None, "ci": None,
+            "n": 0, "outcome": "INCONCLUSIVE", "rule": f"{reason} → INCONCLUSIVE"}
     return block | {"status": "inconclusive", "reason": reason, "gates": [gate], "verdict": "INCONCLUSIVE"}
 
 
