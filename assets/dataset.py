@@ -143,6 +143,8 @@ def current_dataset(instance: dg.DagsterInstance, ctx: pipeline.TaskContext):
     same snapshot id, and an unchanged landing zone is re-used without re-reading old files. New or changed files
     give a new id, which no check has passed yet: the caller runs the refresh job (refresh, validation, drift)."""
     spec = ctx.spec
+    if spec.data.sql is not None:  # its refresh runs the query: once, in the job
+        return None, "a SQL source is refreshed by the refresh job"
     try:
         snap = pipeline.refresh(ctx)
     except Exception as exc:  # noqa: BLE001 - the refresh job reports it properly, with its own error handling
