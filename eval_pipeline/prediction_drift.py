@@ -73,6 +73,20 @@ def _window_scores(loaded: scoring.LoadedModel, frame: pd.DataFrame, spec, cols:
     return np.concatenate(parts, axis=0)
 
 
+def _sampled_predictions(registry, manifest, spec, reference: pd.DataFrame, current: pd.DataFrame):
+    """A predictions-flavor model's scores for the sampled rows of both windows, in memory bounded by the samples
+    (scoring.predictions_for_ids streams the file once), not by the predictions file (10^8 rows would not fit)."""
+    id_col = spec.columns.id
+    ids = pd.concat([reference[id_col], current[id_col]], ignore_index=True)
+    values, found = scoring.predictions_for_ids(registry, manifest, spec, ids)
+    n = len(reference)
+    for side, ok in (("reference", found[:n]), ("current", found[n:])):
+        if not ok.all():
+            raise _Skip(f"its predictions file has scores for {int(ok.sum()):,} of the {len(ok):,} rows of the drift "
+                        f"{side} window (a predictions-flavor model is compared only when its file covers every row)")
+    return values[:n], values[n:]
+
+
 def compute_prediction_drift(reference: pd.DataFrame, current: pd.DataFrame, models: dict, spec, *,
                              trusted_types: list[str] | None = None, registry=None, n_jobs: int | None = None) -> dict:
     """Score both (already sampled) windows with each model and compare its score columns.
@@ -90,10 +104,13 @@ def compute_prediction_drift(reference: pd.DataFrame, current: pd.DataFrame, mod
     for role, model in models.items():
         manifest = getattr(model, "manifest", model)
         try:
-            loaded = model if isinstance(model, scoring.LoadedModel) else scoring.load_model(
-                registry, manifest, scoring.trusted_types_for(spec, trusted_types))
-            r = _window_scores(loaded, reference, spec, cols, "reference")
-            c = _window_scores(loaded, current, spec, cols, "current")
+            if not isinstance(model, scoring.LoadedModel) and manifest.flavor == "predictions":
+                r, c = _sampled_predictions(registry, manifest, spec, reference, current)
+            else:
+                loaded = model if isinstance(model, scoring.LoadedModel) else scoring.load_model(
+                    registry, manifest, scoring.trusted_types_for(spec, trusted_types))
+                r = _window_scores(loaded, reference, spec, cols, "reference")
+                c = _window_scores(loaded, current, spec, cols, "current")
         except (_Skip, scoring.ScoringError) as exc:
             log.warning("prediction drift: %s %s skipped: %s", role, manifest.ref, exc)
             skipped.append({"role": role, "model": manifest.ref, "flavor": manifest.flavor, "reason": str(exc)})

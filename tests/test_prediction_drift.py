@@ -142,3 +142,23 @@ def test_sample_is_stated_and_uncovered_predictions_model_is_skipped(run):
     off = pipeline.TaskContext(lake, toy_spec(drift={**DRIFT, "enabled": False}, model={"name": MODEL}))
     assert pipeline.prediction_drift(off, snap, inputs) is None
     assert not lake.exists(f"{pipeline.evaluation_dir(off, inputs)}/{RESULT_FILE}")
+
+
+def test_a_covering_predictions_model_is_read_for_the_sampled_ids_only_and_equals_the_whole_file_path(run):
+    """A predictions-flavor model is looked up for the sampled ids by streaming its file (bounded memory); its
+    scores and drift rows equal the whole-file path's (the model loaded into pandas and indexed)."""
+    from eval_pipeline import scoring
+    from eval_pipeline.prediction_drift import compute_prediction_drift
+
+    lake, reg, frame = run["lake"], run["reg"], run["frame"]
+    scores = run["models"]["2"].predict_proba(frame[["a", "b"]])[:, 1]
+    buf = io.BytesIO()
+    frame[["id"]].assign(score=scores).sample(frac=1.0, random_state=3).to_parquet(buf)  # not in snapshot order
+    m4 = reg.register(MODEL, "4", buf.getvalue(), flavor="predictions", artifact_name="preds.parquet")
+    spec = toy_spec(drift=DRIFT, model={"name": MODEL})
+    ref, cur = (w.sample(n=300, random_state=1) for w in _windows(frame))
+    streamed = compute_prediction_drift(ref, cur, {"candidate": m4}, spec, registry=reg)
+    whole = compute_prediction_drift(ref, cur, {"candidate": scoring.load_model(reg, m4)}, spec, registry=reg)
+    assert streamed == whole and not streamed["skipped"] and len(streamed["models"]) == 1
+    test, res = _evidently(scores[ref.index], scores[cur.index])
+    assert streamed["models"][0]["score"] == pytest.approx(float(res.drift_score), rel=1e-9, abs=1e-12)
