@@ -126,7 +126,7 @@ def test_bad_spec():
     with pytest.raises(EngineInputError, match="'nope' is missing"):
         evaluate(df, metrics=["accuracy"], slices=SliceConfig(columns=["nope"]), **base)
     with pytest.raises(EngineInputError, match="task_type"):
-        evaluate(df, metrics=["accuracy"], **{**base, "task_type": "ranking"})
+        evaluate(df, metrics=["accuracy"], **{**base, "task_type": "clustering"})
     with pytest.raises(ValueError):
         evaluate(df, metrics=["accuracy"], **{**base, "label": "zz"})
 
