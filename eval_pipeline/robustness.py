@@ -262,7 +262,7 @@ def _gate_defs(spec: EvalSpec, name: str):
 
 def _failed_rows(gates, why: str) -> list[dict]:
     return [{"gate": g.name, "metric": g.metric, "slice": "overall", "kind": "robustness", "margin": g.margin,
-             "outcome": "FAIL", "value": None, "delta": None, "ci": None,
+             "outcome": "FAIL", "value": None, "baseline_value": None, "delta": None, "ci": None, "n": None,
              "rule": f"the candidate failed on this perturbation ({why}) → FAIL"} for g in gates]
 
 
