@@ -118,8 +118,8 @@ def part_a(lake: Path, home: Path, trials: int, start: int) -> dict:
         skip.append(evaluate(lake, home, str(version)))
         new_version(lake, str(version + 1))
         force.append(evaluate(lake, home, str(version + 1), "--force-refresh"))
-        new_version(lake, str(version + 2))
         cold_lake, cold_home = cold_copy(lake, home.parent, i)
+        new_version(cold_lake, str(version + 2))  # only there: the main lake's sensors must not see it later
         cold.append(evaluate(cold_lake, cold_home, str(version + 2)))
         shutil.rmtree(cold_lake.parent, ignore_errors=True)
     imports = [import_seconds() for _ in range(max(2, trials // 2))]
@@ -208,7 +208,8 @@ def _next_version(lake: Path) -> int:
     from eval_pipeline.lake import Lake
     from eval_pipeline.registry import Registry
 
-    return max([100] + [int(v) + 1 for v in Registry(Lake(str(lake))).versions(MODEL) if v.isdigit()])
+    # + 3: the cold references' versions were registered in copies of the lake only
+    return max([100] + [int(v) + 3 for v in Registry(Lake(str(lake))).versions(MODEL) if v.isdigit()])
 
 
 def main() -> int:

@@ -391,15 +391,17 @@ def test_nightly_schedule_uses_spec_cron_and_timezone(auto, instance):
 
 
 def test_sensor_settings(auto, monkeypatch, spec):
-    for s in auto["sensors"].values():
+    for name, s in auto["sensors"].items():
         assert s.default_status == dg.DefaultSensorStatus.RUNNING
-        assert s.minimum_interval_seconds == 10
+        assert s.minimum_interval_seconds == (5 if name == "new_model_sensor" else 10)  # someone waits for a verdict
     assert auto["sensors"]["new_model_sensor"].job_name == "auto__evaluate"
     assert auto["sensors"]["reevaluation_sensor"].job_name == "auto__evaluate"
     assert auto["sensors"]["new_data_sensor"].job_name == "auto__refresh"
     monkeypatch.setenv("EVAL_SENSOR_INTERVAL_SECONDS", "3")
     refresh, evaluate = task_jobs(spec)
-    assert all(s.minimum_interval_seconds == 3 for s in build_automation(spec, refresh, evaluate)["sensors"])
+    intervals = {s.name.split("__", 1)[1]: s.minimum_interval_seconds
+                 for s in build_automation(spec, refresh, evaluate)["sensors"]}
+    assert intervals == {"new_model_sensor": 1, "new_data_sensor": 3, "reevaluation_sensor": 3}
 
 
 def test_definitions_load_with_automation(spec, tmp_path):
