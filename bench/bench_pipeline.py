@@ -372,7 +372,12 @@ def main() -> None:
             if stage == "metrics" and args.dask:
                 cluster, client = start_cluster()
                 try:
-                    r = spawn(args, "metrics", env={"EVAL_DASK_ADDRESS": cluster.scheduler_address})
+                    # the workers are on this machine: a folder here is shared storage for their spill runs
+                    # (without it a remote cluster's client would hold every row's scores: no automatic spill)
+                    spill = os.path.join(os.path.dirname(os.path.abspath(args.lake or tmp)), "dask-spill")
+                    os.makedirs(spill, exist_ok=True)
+                    r = spawn(args, "metrics", env={"EVAL_DASK_ADDRESS": cluster.scheduler_address,
+                                                    "EVAL_ENGINE_SPILL_DIR": spill})
                 finally:
                     client.close()
                     cluster.close()

@@ -163,8 +163,9 @@ def spill_arguments(settings, task_type: str, rows: int, remote: bool) -> dict:
     if not settings.engine_spill_above_rows or rows <= settings.engine_spill_above_rows:
         return {}
     if remote:
-        log.info("%d rows: no automatic spill on a remote Dask cluster without EVAL_ENGINE_SPILL_DIR "
-                 "(shared storage)", rows)
+        log.warning("%d rows on a remote Dask cluster without EVAL_ENGINE_SPILL_DIR: no automatic spill, so this "
+                    "process receives every row's scores from the workers (about %d MB); set EVAL_ENGINE_SPILL_DIR to "
+                    "storage the workers and this process share", rows, rows * 70 // 2**20)
         return {}
     from .engine.spill import DEFAULT_SPILL_ROWS
 
