@@ -243,7 +243,8 @@ class Combiner:
 
     # -- merge
     def merge_accumulators(self, accs) -> Accumulator:
-        accs = list(accs)
+        """Merge in the order given. ``accs`` may be a generator (a backend's results as they arrive): each is merged
+        and dropped, so only the merged accumulator is held, not every shard's as well."""
         out = self.create_accumulator()
         for a in accs:
             col_maps = []

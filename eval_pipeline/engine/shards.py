@@ -104,10 +104,9 @@ def map_merge(combiner: Combiner, shards: Iterable, read_shard: Callable, backen
     backend = backend or LocalBackend()
     worker = _for_workers(combiner) if backend.remote else combiner
     task = functools.partial(shard_accumulator, worker, read_shard)
-    # one merge of all of them, in shard order (a pairwise fold would re-map the earlier shards' cells each time);
-    # it holds little more than the merged accumulator will: a merge re-uses the shards' arrays, only atom ids are
-    # re-mapped
-    return combiner.merge_accumulators(list(backend.map(task, list(shards))))
+    # one merge, in shard order, fed as the results arrive (a pairwise fold would re-map the earlier shards' cells
+    # each time, and collecting them first would hold every shard's accumulator next to the merged one)
+    return combiner.merge_accumulators(backend.map(task, list(shards)))
 
 
 class ShardedRows:
