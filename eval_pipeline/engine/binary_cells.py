@@ -120,11 +120,17 @@ def add_rows(config, store, chunk):
             keys, inv, counts = np.unique(ckey, return_inverse=True, return_counts=True)
             inv = inv.ravel()
             tot = np.stack([np.bincount(inv, weights=w, minlength=keys.size) for w in sums])
-        lst = store.cells.setdefault(f, [])
-        lst.append((keys.astype(np.int64), counts.astype(np.int64), tot.astype(np.int64)))
-        if len(lst) >= 32:
-            store.cells[f] = [_reduce(*map(np.concatenate, zip(*[(k, c) for k, c, _ in lst])),
-                                    np.concatenate([t for *_, t in lst], axis=1))]
+        store.cells.setdefault(f, []).append((keys.astype(np.int64), counts.astype(np.int64), tot.astype(np.int64)))
+        _compact(store, f)
+
+
+def _compact(store, f, limit: int = 32):
+    """Sum a family's cell pieces into one once there are ``limit`` of them (exact integers: the result does not
+    depend on when this happens), so the pieces of many batches or merged shards never pile up."""
+    lst = store.cells[f]
+    if len(lst) >= limit:
+        store.cells[f] = [_reduce(*map(np.concatenate, zip(*[(k, c) for k, c, _ in lst])),
+                                np.concatenate([t for *_, t in lst], axis=1))]
 
 
 def _cells_per_atom(config, fam):
@@ -145,6 +151,7 @@ def merge_stores(config, out, a, lut):
         for k, c, t in lst:
             q, r = np.divmod(k, per)
             out.cells.setdefault(f, []).append((lut[q].astype(np.int64) * per + r, c, t))
+            _compact(out, f)  # 40 shards x up to 32 pieces each held 2.4 GB at 10^8 rows before this
 
 
 def finish_store(config, store, merged, lut):
