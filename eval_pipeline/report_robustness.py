@@ -16,18 +16,19 @@ def _delta(cell: dict) -> str:
 
 
 def robustness_rows(block: dict) -> tuple[list[str], list[list[str]]]:
-    """One row per perturbation x metric: clean, perturbed, paired delta with its interval, the perturbation's
-    outcome (its gates' verdict, ``error`` when the model failed on it)."""
-    header = ["perturbation", "kind", "columns", "rows", "metric", "clean", "perturbed", "Δ [95% CI]", "outcome"]
+    """One row per perturbation x metric: clean, perturbed, paired delta with its interval, and the outcome of that
+    metric's gate on that perturbation ("not gated" without one; ``error`` when the model failed on it)."""
+    header = ["perturbation", "kind", "columns", "rows", "metric", "clean", "perturbed", "Δ [95% CI]", "gate"]
     rows = []
     for p in block.get("perturbations", []):
-        outcome = p.get("verdict") or ("error" if p["status"] == "error" else "not gated")
         base = [p["name"], p["kind"], ", ".join(p.get("columns", [])), f"{p.get('rows', 0):,}"]
         if p["status"] == "error":
-            rows.append(base + ["—", "—", "—", p.get("error") or "", outcome])
+            rows.append(base + ["—", "—", "—", p.get("error") or "", p.get("verdict") or "error"])
             continue
+        gated = {g["metric"]: g["outcome"] for g in p.get("gates", [])}
         for m, cell in p.get("metrics", {}).items():
-            rows.append(base + [m, _fmt(cell.get("clean")), _fmt(cell.get("perturbed")), _delta(cell), outcome])
+            rows.append(base + [m, _fmt(cell.get("clean")), _fmt(cell.get("perturbed")), _delta(cell),
+                                gated.get(m, "not gated")])
     return header, rows
 
 
