@@ -17,7 +17,8 @@ Notes
   the sizes used, the totals and the method. The scores are numeric and their default methods (normed Wasserstein,
   K-S) need the values, so only the sampled rows are scored by the models.
 * Method: each score column is scored by Evidently's default method for one numeric column, with
-  :mod:`eval_pipeline.drift_methods` via ``drift.py``'s prediction-drift code (the same rows as ``prediction_drift``
+  :mod:`eval_pipeline.drift_methods` via ``drift.py``'s prediction-drift code (K-S and normed Wasserstein, the
+  methods of a continuous score, without importing Evidently) (the same rows as ``prediction_drift``
   in ``drift.json`` would have): reference <= 1000 rows: K-S (p-value); more: normed Wasserstein distance; a score
   column with at most 5 distinct values gets chi-square / Z / Jensen-Shannon, as Evidently would.
 * Score columns: binary ``score`` (P(positive)), regression ``prediction``; multiclass: **one row per class
@@ -40,6 +41,7 @@ import pandas as pd
 from . import scoring
 from .drift import _jsonable, _score_extras
 from .drift_summary import SAMPLE_METHOD, sample_window
+from .packages import package_versions
 from .snapshot import DataError
 
 log = logging.getLogger(__name__)
@@ -136,8 +138,6 @@ def write_prediction_drift(lake, registry, spec, snap, folder: str, roles: dict,
     """Prediction drift of the run's models (``roles``: role -> pinned ``ModelManifest``) on the snapshot's drift
     windows; writes and returns ``<folder>/prediction_drift.json``, or None (logged, no file) when drift is disabled
     in the spec or a drift window is empty."""
-    import evidently
-
     rel = f"{folder}/{RESULT_FILE}"
     where = f"task '{spec.task}', snapshot {snap.snapshot_id}"
     if not spec.drift.enabled:
@@ -174,9 +174,12 @@ def write_prediction_drift(lake, registry, spec, snap, folder: str, roles: dict,
         else None,
         "models": out["models"],
         "skipped": out["skipped"],
-        "engine": {"evidently": evidently.__version__,
-                   "methods": "Evidently's default method per score column (evidently.legacy.calculations."
-                              "stattests), as drift.json's prediction drift"},
+        # The version from the package metadata: importing Evidently costs seconds, and a continuous score's
+        # default methods (K-S, normed Wasserstein) are computed without it (drift_methods._NATIVE).
+        "engine": {"evidently": package_versions(("evidently",))["evidently"],
+                   "methods": "Evidently's default method per score column, as drift.json's prediction drift "
+                              "(K-S and normed Wasserstein with Evidently's own scipy calls; the others with "
+                              "evidently.legacy.calculations.stattests)"},
     })
     lake.write_json(rel, result)
     drifted = [f"{m['role']} {m['column']}" for m in result["models"] if m["drifted"]]

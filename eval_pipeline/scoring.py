@@ -12,12 +12,14 @@ Output: ``predictions/<task>/<snapshot_id>/<model>/<version>.parquet`` with the 
 snapshot order, one row per evaluation row. It is re-used when the same snapshot and artifact hash were scored before.
 """
 
+import collections
 import contextlib
 import hashlib
 import io
 import itertools
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +90,29 @@ def load_skops(data: bytes, trusted: list[str], what: str):
         raise ScoringError(f"{what}: skops could not load the artifact: {type(exc).__name__}: {exc}") from None
 
 
+# One run loads the same artifact up to six times (scoring, robustness, each suite, prediction drift): the last
+# deserialised models are kept, keyed by the sha256 of the bytes they came from (and the allowlist they were checked
+# against). The bytes are still read and their sha256 verified on every load, so a file changed since is refused
+# as before; only skops' type check and deserialisation (0.1-0.5 s each here) are not repeated. Models are used
+# read-only (predict / predict_proba).
+_LOADED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
+_LOADED_MAX = 2  # a run's candidate and baseline
+_LOADED_LOCK = threading.Lock()
+
+
+def _deserialised(key: tuple, load):
+    with _LOADED_LOCK:
+        if key in _LOADED:
+            _LOADED.move_to_end(key)
+            return _LOADED[key]
+    model = load()
+    with _LOADED_LOCK:
+        _LOADED[key] = model
+        while len(_LOADED) > _LOADED_MAX:
+            _LOADED.popitem(last=False)
+    return model
+
+
 def load_model(registry: Registry, manifest: ModelManifest, trusted_types: list[str] | None = None,
                allow_pickle: bool | None = None) -> LoadedModel:
     """Load a verified artifact. ``trusted_types`` default: EVAL_TRUSTED_TYPES; ``allow_pickle`` default:
@@ -99,15 +124,20 @@ def load_model(registry: Registry, manifest: ModelManifest, trusted_types: list[
     data = registry.verified_artifact(manifest)  # sha256 checked before anything is deserialised
     if manifest.flavor == "sklearn-skops":
         trusted = trusted_types if trusted_types is not None else trusted_types_from_env()
-        return LoadedModel(manifest, model=load_skops(data, trusted, f"model {ref}"))
+        key = ("sklearn-skops", manifest.sha256, tuple(sorted(trusted)))
+        return LoadedModel(manifest, model=_deserialised(key, lambda: load_skops(data, trusted, f"model {ref}")))
     if manifest.flavor == "sklearn-joblib":
         import joblib
 
         log.warning("unpickling model %s (sha256 %s…): %s", ref, manifest.sha256[:16], PICKLE_WARNING)
-        try:
-            return LoadedModel(manifest, model=joblib.load(io.BytesIO(data)))
-        except Exception as exc:  # noqa: BLE001
-            raise ScoringError(f"model {ref}: joblib could not load the artifact: {exc}") from None
+
+        def unpickle():
+            try:
+                return joblib.load(io.BytesIO(data))
+            except Exception as exc:  # noqa: BLE001
+                raise ScoringError(f"model {ref}: joblib could not load the artifact: {exc}") from None
+
+        return LoadedModel(manifest, model=_deserialised(("sklearn-joblib", manifest.sha256), unpickle))
     if manifest.flavor == "predictions":
         try:
             frame = pd.read_parquet(io.BytesIO(data))

@@ -289,6 +289,45 @@ def test_default_choice_is_evidentlys_on_every_boundary():
     assert checked == 56
 
 
+def test_native_ks_and_wasserstein_equal_evidentlys_stattest_float_for_float():
+    """The two methods computed without importing Evidently (drift_methods._NATIVE) give the same floats, thresholds
+    and decisions as Evidently's own StatTest objects on what real scores look like: a narrow band, heavy ties, a
+    constant reference (norm floored at 0.001), a near-perfect model's 0/1 mass, tiny windows, big offsets, NaN/inf
+    (dropped first), and a user threshold."""
+    from evidently.legacy.calculations.stattests import ks_stat_test, wasserstein_stat_test
+    from evidently.legacy.core import ColumnType
+
+    from eval_pipeline.drift_methods import NUMERIC, _clean, prepare_column, score_column
+
+    rng = np.random.default_rng(7)
+    cases = {
+        "narrow_band": (0.30 + 0.002 * rng.random(5000), 0.301 + 0.002 * rng.random(4000)),
+        "ties": (np.round(rng.random(3000), 2), np.round(rng.random(2500) ** 1.2, 2)),
+        "constant_reference": (np.full(2000, 0.25), 0.25 + 0.001 * rng.standard_normal(1500)),
+        "near_perfect": (np.r_[np.full(1900, 1e-6), np.full(1100, 1 - 1e-6)], np.r_[np.full(1000, 1e-6), 0.9 + 0.1 * rng.random(500)]),
+        "tiny": (rng.random(12), rng.random(7) + 0.3),
+        "offset": (1e6 + rng.standard_normal(1500), 1e6 + 0.2 + rng.standard_normal(1800)),
+        "missing_inf": (np.r_[rng.random(1200), np.nan, np.inf], np.r_[rng.random(900), -np.inf, np.nan]),
+    }
+    checked = 0
+    for name, (r, c) in cases.items():
+        col = prepare_column("score", pd.Series(r), pd.Series(c), NUMERIC)
+        ref, cur = _clean(col)
+        for test, threshold in ((ks_stat_test, None), (wasserstein_stat_test, None), (ks_stat_test, 0.01),
+                                (wasserstein_stat_test, 0.3)):
+            got = score_column(col, chosen=test.name, threshold=threshold)
+            # Fed sorted, as this module always fed Evidently's object: the same float.
+            res = test(pd.Series(np.sort(ref)), pd.Series(np.sort(cur)), ColumnType.Numerical, threshold)
+            assert got["method_id"] == test.name and got["method"] == test.display_name, name
+            assert got["score"] == float(res.drift_score), (name, test.name, got["score"], res.drift_score)
+            assert (got["threshold"], got["drifted"]) == (res.actual_threshold, bool(res.drifted)), (name, test.name)
+            # Fed in row order, as the preset does: only np.std's summation order differs (last digits).
+            raw = test(pd.Series(ref), pd.Series(cur), ColumnType.Numerical, threshold)
+            assert got["score"] == pytest.approx(float(raw.drift_score), rel=1e-12, abs=1e-300), (name, test.name)
+            checked += 1
+    assert checked == 28
+
+
 def test_prediction_and_label_drift():
     rng = np.random.default_rng(21)
 
