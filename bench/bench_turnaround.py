@@ -38,6 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from eval_pipeline.settings import write_local_instance_yaml  # noqa: E402
+
 CLI = str(Path(sys.executable).with_name("eval-pipeline"))
 MODEL = "flights_delay"
 SPEC = ROOT / "eval_pipeline" / "specs" / "flights_delay.yaml"
@@ -54,8 +56,7 @@ def _env(lake: Path, home: Path) -> dict:
 
 def seed(lake: Path, home: Path, sample_frac: float) -> float:
     """The demo lake, its snapshot refreshed, validated and drift-checked, flights_delay@2 evaluated (not timed)."""
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    write_local_instance_yaml(home)
     t0 = time.perf_counter()
     subprocess.run([CLI, "demo", "--lake", str(lake), "--dagster-home", str(home), "--sample-frac", str(sample_frac)],
                    env=_env(lake, home), check=True, capture_output=True)
@@ -102,8 +103,7 @@ def cold_copy(lake: Path, work: Path, i: int) -> tuple[Path, Path]:
     shutil.copytree(lake, cold_lake)
     for sub in ("quality", "drift"):
         shutil.rmtree(cold_lake / sub, ignore_errors=True)
-    cold_home.mkdir(parents=True)
-    (cold_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    write_local_instance_yaml(cold_home)
     return cold_lake, cold_home
 
 

@@ -76,14 +76,14 @@ def _root_cause(error) -> str:
 def _instance(dagster_home: str | None):
     import dagster as dg
 
+    from eval_pipeline.settings import write_local_instance_yaml
+
     home = dagster_home or os.environ.get("DAGSTER_HOME")
     if home:
         # Opened from its folder, without touching the process environment (a later call may use another home).
         home_path = Path(home).resolve()
         home_path.mkdir(parents=True, exist_ok=True)
-        yaml_path = home_path / "dagster.yaml"
-        if not yaml_path.exists():
-            yaml_path.write_text("telemetry:\n  enabled: false\n")
+        write_local_instance_yaml(home_path)
         return dg.DagsterInstance.from_config(str(home_path))
     return dg.DagsterInstance.ephemeral()
 

@@ -248,3 +248,26 @@ def pickle_refusal(what: str) -> str:
     return (f"{what}: flavor sklearn-joblib is a pickle, and loading a pickle can run arbitrary code; pickles are "
             f"refused unless the operator sets EVAL_ALLOW_PICKLE=1. Prefer sklearn-skops (with the types you trust "
             f"in the spec's model.trusted_types or EVAL_TRUSTED_TYPES) or the predictions flavor")
+
+
+LOCAL_INSTANCE_YAML = """\
+# A local Dagster instance for eval-pipeline (written once by ./run or the CLI when absent; edit freely).
+telemetry:
+  enabled: false
+# A run that a sensor requested starts within about a second: Dagster's default checks its queue every 5 s, which a
+# new model version would wait for before its evaluation even starts.
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+"""
+
+
+def write_local_instance_yaml(home: str | Path) -> Path:
+    """``<home>/dagster.yaml`` with :data:`LOCAL_INSTANCE_YAML` unless the file exists (an operator's own is kept)."""
+    path = Path(home) / "dagster.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(LOCAL_INSTANCE_YAML)
+    return path

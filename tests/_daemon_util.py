@@ -21,8 +21,9 @@ def free_port() -> int:
 
 
 def write_dagster_yaml(home: Path) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    from eval_pipeline.settings import write_local_instance_yaml
+
+    write_local_instance_yaml(home)
 
 
 class DagsterDev:

@@ -228,3 +228,24 @@ def test_the_dockerfile_command_serves_the_definitions(pg_env, tmp_path):
             proc.wait()
     out = proc.stdout.read()
     assert PASSWORD not in out
+
+
+def test_local_instance_yaml_dequeues_every_second_and_keeps_an_operators_own_file(tmp_path):
+    """The instance ./run and the CLI create (eval_pipeline.settings.LOCAL_INSTANCE_YAML) is a real instance whose
+    queued run coordinator checks its queue every second (Dagster's default: 5 s, a wait every sensor-started
+    evaluation would pay); a dagster.yaml already there is never overwritten."""
+    import dagster as dg
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    from eval_pipeline.settings import write_local_instance_yaml
+
+    home = tmp_path / "home"
+    write_local_instance_yaml(home)
+    instance = dg.DagsterInstance.from_config(str(home))
+    assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+    assert instance.run_coordinator.dequeue_interval_seconds == 1
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    write_local_instance_yaml(home)
+    assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+    instance = dg.DagsterInstance.from_config(str(home))
+    assert instance.run_coordinator.dequeue_interval_seconds == 5  # Dagster's own default, for contrast
