@@ -88,6 +88,48 @@ def evaluate(lake: Path, home: Path, version: str, *extra: str) -> float:
     return seconds
 
 
+FLOOR = """
+import sys
+from eval_pipeline.cli import _instance
+from eval_pipeline.definitions import build_definitions
+from eval_pipeline.spec import load_spec
+import matplotlib.figure, scipy.stats, skops.io, sklearn.ensemble  # what scoring, the engine and the report import
+build_definitions([load_spec(sys.argv[1])]).resolve_job_def("flights_delay__evaluate")
+_instance(sys.argv[2]).get_runs(limit=1)
+"""
+
+
+def floor_seconds(lake: Path, home: Path) -> float:
+    """A fresh process that imports what `evaluate` imports, builds the definitions and opens the instance, and
+    computes nothing: what any evaluation in a new process pays before its first row."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", FLOOR, str(SPEC), str(home)], env=_env(lake, home), check=True,
+                   capture_output=True, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
+def step_seconds(home: Path, version: str) -> dict:
+    """Seconds per step of the newest evaluation run of ``version`` (STEP_START -> STEP_SUCCESS/FAILURE, as the
+    instance stored them)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=f"{MODEL}__evaluate", tags={"eval/version": version}),
+                             limit=1)
+    if not runs:
+        return {}
+    starts, out = {}, {}
+    for record in instance.all_logs(runs[0].run_id):
+        event = record.dagster_event
+        if event is None or not record.step_key:
+            continue
+        if event.event_type_value == "STEP_START":
+            starts[record.step_key] = record.timestamp
+        elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and record.step_key in starts:
+            out[record.step_key.split("__", 1)[-1]] = round(record.timestamp - starts[record.step_key], 2)
+    return out
+
+
 def import_seconds() -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import great_expectations, evidently"], check=True,
@@ -123,8 +165,11 @@ def part_a(lake: Path, home: Path, trials: int, start: int) -> dict:
         cold.append(evaluate(cold_lake, cold_home, str(version + 2)))
         shutil.rmtree(cold_lake.parent, ignore_errors=True)
     imports = [import_seconds() for _ in range(max(2, trials // 2))]
+    floors = [floor_seconds(lake, home) for _ in range(max(2, trials // 2))]
+    steps = step_seconds(home, str(start + 1 + 3 * (trials // 2)))  # the median-ish trial's steps
     out = {"evaluate_new_candidate_s": statistics.median(skip), "evaluate_force_refresh_s": statistics.median(force),
            "evaluate_cold_s": statistics.median(cold), "import_gx_evidently_s": statistics.median(imports),
+           "floor_imports_definitions_instance_s": statistics.median(floors), "evaluate_steps_s": steps,
            "trials": trials, "evaluate_runs_s": [round(x, 2) for x in skip],
            "force_runs_s": [round(x, 2) for x in force], "cold_runs_s": [round(x, 2) for x in cold]}
     out["ratio_force_over_new"] = out["evaluate_force_refresh_s"] / out["evaluate_new_candidate_s"]
@@ -134,6 +179,9 @@ def part_a(lake: Path, home: Path, trials: int, start: int) -> dict:
           f"({out['ratio_force_over_new']:.2f}x)  |  cold (no quality/drift results, empty instance): "
           f"{out['evaluate_cold_s']:.2f} s ({out['ratio_cold_over_new']:.2f}x)  |  bare import of GX + Evidently: "
           f"{out['import_gx_evidently_s']:.2f} s", flush=True)
+    print(f"    floor (a new process importing what evaluate imports, building the definitions, opening the "
+          f"instance; no work): {out['floor_imports_definitions_instance_s']:.2f} s; steps of one run: {steps}",
+          flush=True)
     return out
 
 

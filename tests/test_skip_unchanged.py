@@ -151,3 +151,36 @@ def test_the_new_model_sensor_requests_the_evaluation_job_only(toy):
     assert not selected & {key(spec, "dataset_snapshot"), key(spec, "drift_report")}
     checks = {c.name for c in job.asset_layer.asset_graph.asset_check_keys if c.asset_key in selected}
     assert "data_quality" not in checks
+
+
+IMPORTS_OF_A_RUN = """
+import json, sys
+from eval_pipeline.cli import _run
+code = _run(["evaluate", "--spec", sys.argv[1], "--lake", sys.argv[2], "--dagster-home", sys.argv[3],
+             "--candidate", sys.argv[4]])
+print(json.dumps({"code": code, "evidently": "evidently" in sys.modules,
+                  "great_expectations": "great_expectations" in sys.modules}))
+"""
+
+
+def test_a_new_candidate_on_a_validated_snapshot_imports_neither_great_expectations_nor_evidently(toy):
+    """Importing GX and Evidently costs about 6 s here: a run that validates nothing and computes no data drift must
+    not pay it. Prediction drift (every evaluation's report) scores continuous model outputs with K-S / normed
+    Wasserstein, computed without Evidently (eval_pipeline.drift_methods._NATIVE)."""
+    import subprocess
+    import sys
+
+    _evaluate(toy, "2")  # refresh, validation and drift: this process imports GX and Evidently, not the next one
+    proc = subprocess.run([sys.executable, "-c", IMPORTS_OF_A_RUN, toy["spec"], toy["lake"].root, str(toy["home"]),
+                           f"{MODEL}@3"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["code"] in (0, 1, 3), proc.stderr[-3000:]
+    assert "not running toy__refresh" in proc.stderr
+    assert out == {"code": out["code"], "evidently": False, "great_expectations": False}, proc.stderr[-3000:]
+    ctx = pipeline.TaskContext(toy["lake"], load_spec(toy["spec"]))
+    snapshot_id = pipeline.latest_snapshot_id(ctx)
+    folder = pipeline.evaluation_dir(ctx, pipeline.resolve_inputs(ctx, "3", snapshot_id))
+    drift = json.loads(toy["lake"].read_text(f"{folder}/prediction_drift.json"))
+    assert {m["role"] for m in drift["models"]} == {"candidate", "baseline"}
+    assert {m["method_id"] for m in drift["models"]} <= {"ks", "wasserstein"} and drift["models"]
