@@ -29,9 +29,7 @@ the margin: verdict FAIL, decided by exactly one row, macro_f1 on carrier=MQ; ex
 """
 
 import io
-import json
 import os
-import time
 
 import numpy as np
 import pandas as pd
@@ -48,9 +46,10 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 import dagster as dg
 
 from eval_pipeline import demo
-from eval_pipeline.cli import main
 from eval_pipeline.lake import Lake
 from eval_pipeline.registry import Registry
+
+from .toy import cli_evaluate
 
 SAMPLE = 0.15
 EVAL_START = pd.Timestamp("2013-07-01", tz="UTC")
@@ -83,22 +82,8 @@ def _parquet(table: dict) -> bytes:
 
 def _evaluate(spec_path: str, lake: Lake, candidate: str, root, capsys) -> tuple[int, dict | None, str, float]:
     """``eval-pipeline evaluate`` on a persistent Dagster instance under ``root``; (exit code, result, stdout, s)."""
-    out = root / f"result-{candidate.replace('@', '-')}.json"
-    home = root / "dagster_home"
-    home.mkdir(exist_ok=True)
-    before = os.environ.get("DAGSTER_HOME")
-    capsys.readouterr()
-    started = time.perf_counter()
-    try:
-        code = main(["evaluate", "--spec", spec_path, "--lake", lake.root, "--candidate", candidate,
-                     "--output", str(out), "--dagster-home", str(home)])
-    finally:  # the CLI sets DAGSTER_HOME process-wide
-        if before is None:
-            os.environ.pop("DAGSTER_HOME", None)
-        else:
-            os.environ["DAGSTER_HOME"] = before
-    seconds = time.perf_counter() - started
-    return code, (json.loads(out.read_text()) if out.exists() else None), capsys.readouterr().out, seconds
+    code, result, captured, seconds = cli_evaluate(spec_path, lake.root, candidate, root, capsys)
+    return code, result, captured.out, seconds
 
 
 def _dagster_verdicts(home, task: str) -> list:

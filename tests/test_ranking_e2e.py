@@ -17,9 +17,6 @@ Every gated number is recomputed here: NDCG@10 with scikit-learn's ``ndcg_score`
 straightforward reference.
 """
 import json
-import os
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -32,13 +29,13 @@ from sklearn.preprocessing import OneHotEncoder, PolynomialFeatures
 
 import dagster as dg
 
-from eval_pipeline.cli import main
 from eval_pipeline.lake import Lake
 from eval_pipeline.registry import Registry
 from eval_pipeline.spec import SpecError, parse_spec
 
-sys.path.insert(0, os.path.dirname(__file__))
-from ranking_data import FEATURES, make_ranking  # noqa: E402
+from .ranking_data import FEATURES, make_ranking
+from .toy import cli_evaluate
+
 
 NAME = "search_ranker"
 TASK = "search_ranking"
@@ -98,22 +95,7 @@ def ranking(tmp_path_factory):
 
 
 def _evaluate(fx, candidate: str, capsys):
-    out = fx["root"] / f"result-{candidate.replace('@', '-')}.json"
-    home = fx["root"] / "dagster_home"
-    home.mkdir(exist_ok=True)
-    before = os.environ.get("DAGSTER_HOME")
-    capsys.readouterr()
-    started = time.perf_counter()
-    try:
-        code = main(["evaluate", "--spec", fx["spec"], "--lake", fx["lake"].root, "--candidate", candidate,
-                     "--output", str(out), "--dagster-home", str(home)])
-    finally:  # the CLI sets DAGSTER_HOME process-wide
-        if before is None:
-            os.environ.pop("DAGSTER_HOME", None)
-        else:
-            os.environ["DAGSTER_HOME"] = before
-    result = json.loads(out.read_text()) if out.exists() else None
-    return code, result, capsys.readouterr(), time.perf_counter() - started
+    return cli_evaluate(fx["spec"], fx["lake"].root, candidate, fx["root"], capsys)
 
 
 def _dagster_metadata(home, asset: str) -> list[dict]:

@@ -90,3 +90,25 @@ def manifest_content(manifest: dict) -> dict:
     """A snapshot manifest without the parts' write stamps (a rebuilt part is the same bytes written at another
     time, so its mtime differs)."""
     return {**manifest, "parts": [{k: v for k, v in p.items() if k != "written"} for p in manifest["parts"]]}
+
+
+def cli_evaluate(spec_path: str, lake_root: str, candidate: str, root, capsys) -> tuple[int, dict | None, object,
+                                                                                        float]:
+    """``eval-pipeline evaluate --output <root>/result-<ref>.json --dagster-home <root>/dagster_home`` in this
+    process (the instance persists across calls, as a team's would); returns (exit code, the result JSON or None,
+    the captured stdout/stderr, seconds). The CLI opens the instance from its folder and leaves the process
+    environment alone, so nothing needs restoring afterwards."""
+    import json
+    import time
+
+    from eval_pipeline.cli import main
+
+    out = root / f"result-{candidate.replace('@', '-')}.json"
+    home = root / "dagster_home"
+    home.mkdir(exist_ok=True)
+    capsys.readouterr()
+    started = time.perf_counter()
+    code = main(["evaluate", "--spec", spec_path, "--lake", lake_root, "--candidate", candidate, "--output", str(out),
+                 "--dagster-home", str(home)])
+    seconds = time.perf_counter() - started
+    return code, (json.loads(out.read_text()) if out.exists() else None), capsys.readouterr(), seconds
