@@ -305,11 +305,20 @@ def _gate_defs(ctx: TaskContext, inputs: EvalInputs):
 
 # -- models ----------------------------------------------------------------------------------------------------------
 def score(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dict:
+    from .dask_backend import backend_from_settings
+    from .settings import load_settings
+
     require_quality_passed(ctx, snap)
     candidate, baseline = run_models(ctx, inputs)
-    out = {"candidate": score_model(ctx.lake, ctx.registry, ctx.spec, snap, candidate, ctx.trusted_types)}
-    if baseline is not None:
-        out["baseline"] = score_model(ctx.lake, ctx.registry, ctx.spec, snap, baseline, ctx.trusted_types)
+    # EVAL_DASK_ADDRESS: a model flavor is scored one snapshot part per Dask task (the same bytes as in process); a
+    # local cluster starts only if a model actually needs scoring (the client is made on first use).
+    backend = backend_from_settings(load_settings(warn=False))
+    with backend if backend is not None else contextlib.nullcontext():
+        out = {"candidate": score_model(ctx.lake, ctx.registry, ctx.spec, snap, candidate, ctx.trusted_types,
+                                        backend=backend)}
+        if baseline is not None:
+            out["baseline"] = score_model(ctx.lake, ctx.registry, ctx.spec, snap, baseline, ctx.trusted_types,
+                                          backend=backend)
     return out
 
 

@@ -233,11 +233,14 @@ COPY_CHUNK = 8 << 20
 
 
 def score_model(lake: Lake, registry: Registry, spec: EvalSpec, snapshot: Snapshot, manifest: ModelManifest,
-                trusted_types: list[str] | None = None, *, external_join: bool | None = None) -> dict:
+                trusted_types: list[str] | None = None, *, external_join: bool | None = None,
+                backend=None) -> dict:
     """Score one model version on the evaluation rows; returns a summary (path, rows, cached, seconds).
 
     ``external_join``: for a predictions-flavor model, join on disk (True), in memory (False), or by the file's size
-    (None: on disk from EXTERNAL_JOIN_ROWS rows). The output's bytes do not depend on it."""
+    (None: on disk from EXTERNAL_JOIN_ROWS rows). ``backend``: a shard backend (``dask_backend.DaskBackend``) that
+    scores a model's snapshot parts on its workers (see :func:`_write_sharded`). The output's bytes depend on
+    neither."""
     import time
 
     out_rel = predictions_path(spec, snapshot, manifest)
@@ -256,15 +259,26 @@ def score_model(lake: Lake, registry: Registry, spec: EvalSpec, snapshot: Snapsh
                            f"needs none)")
     cols = score_columns(spec)
     id_col = spec.columns.id
+    needed = [id_col] + ([] if manifest.flavor == "predictions" else list(spec.columns.features))
+    shards = []
+    if backend is not None and manifest.flavor != "predictions":
+        from .evaluation_shards import snapshot_shards
+
+        shards = snapshot_shards(lake, snapshot, spec)
+    if len(shards) > 1 and manifest.flavor == "sklearn-joblib" and not load_settings(warn=False).allow_pickle:
+        raise ScoringError(pickle_refusal(f"model {manifest.ref}"))  # this process's refusal, before any worker's
     with contextlib.ExitStack() as stack:
-        if manifest.flavor == "predictions":
-            scores = _prediction_scorer(stack, lake, registry, spec, snapshot, manifest, cols, external_join)
+        if len(shards) > 1:
+            rows = _write_sharded(lake, registry, spec, snapshot, manifest, trusted_types_for(spec, trusted_types),
+                                  cols, needed, shards, backend, out_rel, meta_rel)
         else:
-            loaded = load_model(registry, manifest, trusted_types_for(spec, trusted_types))
-            features = list(spec.columns.features)
-            scores = lambda batch, frame: _predict_batch(loaded, frame[features], spec)  # noqa: E731
-        needed = [id_col] + ([] if manifest.flavor == "predictions" else list(spec.columns.features))
-        rows = _write_predictions(lake, spec, snapshot, manifest, cols, needed, scores, out_rel, meta_rel)
+            if manifest.flavor == "predictions":
+                scores = _prediction_scorer(stack, lake, registry, spec, snapshot, manifest, cols, external_join)
+            else:
+                loaded = load_model(registry, manifest, trusted_types_for(spec, trusted_types))
+                features = list(spec.columns.features)
+                scores = lambda batch, frame: _predict_batch(loaded, frame[features], spec)  # noqa: E731
+            rows = _write_predictions(lake, spec, snapshot, manifest, cols, needed, scores, out_rel, meta_rel)
     meta = {"model": manifest.name, "version": manifest.version, "sha256": manifest.sha256,
             "flavor": manifest.flavor, "snapshot_id": snapshot.snapshot_id, "rows": rows,
             "path": out_rel, "score_columns": cols, "inputs": inputs}
@@ -275,8 +289,6 @@ def score_model(lake: Lake, registry: Registry, spec: EvalSpec, snapshot: Snapsh
 def _write_predictions(lake: Lake, spec: EvalSpec, snapshot: Snapshot, manifest: ModelManifest, cols: list[str],
                        needed: list[str], scores, out_rel: str, meta_rel: str) -> int:
     """Stream the evaluation rows, score each batch with ``scores(batch, frame)``, write the predictions file."""
-    id_col = spec.columns.id
-    rows = 0
     batches = eval_rows(lake, snapshot, spec, needed, batch_size=spec.model.batch_size)
     first = next(batches, None)
     if first is None:  # checked before the writer opens: an empty window must not replace a good file
@@ -284,19 +296,72 @@ def _write_predictions(lake: Lake, spec: EvalSpec, snapshot: Snapshot, manifest:
                            f"(window {spec.data.evaluation_start} .. {spec.data.evaluation_end})")
     lake.delete(meta_rel)  # a crash between the two writes below must not pair an old summary with new scores
     with lake.parquet_writer(out_rel, _schema(spec, cols, snapshot)) as writer:
-        for batch in itertools.chain([first], batches):
-            frame = batch.to_pandas()
-            values = scores(batch, frame)
-            _check_scores(values, frame[id_col].to_numpy(), spec, manifest.ref)
-            data = {id_col: batch.column(id_col)}
-            if values.ndim == 1:
-                data[cols[0]] = pa.array(values, pa.float64())
-            else:
-                for j, c in enumerate(cols):
-                    data[c] = pa.array(values[:, j], pa.float64())
-            writer.write_table(pa.table(data).cast(writer.schema))
-            rows += len(frame)
+        rows = _score_into(writer, itertools.chain([first], batches), scores, spec, manifest, cols)
     return rows
+
+
+def _score_into(writer, batches, scores, spec: EvalSpec, manifest: ModelManifest, cols: list[str]) -> int:
+    """Score each batch and write it as one row group (id column and score columns); returns the rows written."""
+    id_col, rows = spec.columns.id, 0
+    for batch in batches:
+        frame = batch.to_pandas()
+        values = scores(batch, frame)
+        _check_scores(values, frame[id_col].to_numpy(), spec, manifest.ref)
+        data = {id_col: batch.column(id_col)}
+        if values.ndim == 1:
+            data[cols[0]] = pa.array(values, pa.float64())
+        else:
+            for j, c in enumerate(cols):
+                data[c] = pa.array(values[:, j], pa.float64())
+        writer.write_table(pa.table(data).cast(writer.schema))
+        rows += len(frame)
+    return rows
+
+
+def _score_shard(lake: Lake, registry: Registry, spec: EvalSpec, snapshot: Snapshot, manifest: ModelManifest,
+                 trusted: list[str], cols: list[str], needed: list[str], folder: str, shard) -> tuple[str, int]:
+    """On a worker: one shard's evaluation rows scored into ``<folder>/<shard index>.parquet`` (the artifact is read
+    and its sha256 verified there); returns (that piece's path, rows)."""
+    loaded = load_model(registry, manifest, trusted)
+    features = list(spec.columns.features)
+    piece = f"{folder}/{shard.index:06d}.parquet"
+    batches = eval_rows(lake, snapshot, spec, needed, batch_size=spec.model.batch_size, parts=list(shard.parts))
+    with lake.parquet_writer(piece, _schema(spec, cols, snapshot)) as writer:
+        rows = _score_into(writer, batches, lambda b, f: _predict_batch(loaded, f[features], spec), spec, manifest,
+                           cols)
+    return piece, rows
+
+
+def _write_sharded(lake: Lake, registry: Registry, spec: EvalSpec, snapshot: Snapshot, manifest: ModelManifest,
+                   trusted: list[str], cols: list[str], needed: list[str], shards: list, backend, out_rel: str,
+                   meta_rel: str) -> int:
+    """A model flavor scored one snapshot part per task on ``backend``'s workers, each into a piece in the lake (the
+    storage workers and this process share), the pieces then copied row group by row group, in part order, into
+    the output. Batches never span parts, so the output holds the same row groups in the same order as one process
+    writes, with the same scores (each batch is the same rows through the same model): the same bytes (tested).
+    This process holds one row group at a time; the pieces are deleted, whatever happens."""
+    import functools
+    import uuid
+
+    folder = f"{out_rel[:-len('.parquet')]}.pieces-{uuid.uuid4().hex[:12]}"
+    work = functools.partial(_score_shard, lake, registry, spec, snapshot, manifest, trusted, cols, needed, folder)
+    try:
+        pieces = list(backend.map(work, shards))
+        lake.delete(meta_rel)  # as in _write_predictions: no old summary paired with new scores
+        rows = 0
+        with lake.parquet_writer(out_rel, _schema(spec, cols, snapshot)) as writer:
+            for piece, n in pieces:
+                pf = lake.parquet_file(piece)
+                try:
+                    for group in range(pf.metadata.num_row_groups):
+                        writer.write_table(pf.read_row_group(group).cast(writer.schema))
+                finally:
+                    pf.close(force=True)
+                rows += n
+        log.info("model %s scored on %d shards (%d rows)", manifest.ref, len(pieces), rows)
+        return rows
+    finally:
+        lake.delete(folder, recursive=True)
 
 
 def _prediction_scorer(stack: contextlib.ExitStack, lake: Lake, registry: Registry, spec: EvalSpec,

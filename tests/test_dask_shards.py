@@ -24,6 +24,7 @@ from eval_pipeline.engine.spill import DEFAULT_SPILL_ROWS, DiskStorage, SpilledR
 from eval_pipeline.evaluation_shards import snapshot_shards, spill_arguments
 from eval_pipeline.lake import Lake
 from eval_pipeline.registry import Registry
+from eval_pipeline.scoring import predictions_path
 from eval_pipeline.settings import load_settings
 
 from .s3_util import moto_endpoint, s3_env, s3_lake  # noqa: F401
@@ -235,7 +236,10 @@ def _evaluate_task(lake, monkeypatch, env):
     for k in env:
         monkeypatch.delenv(k)
     folder = pipeline.evaluation_dir(ctx, inputs)
-    return ctx, snap, frame, candidate, {f: lake.read_bytes(f"{folder}/{f}") for f in ("metrics.json", "gates.json")}
+    evidence = {f: lake.read_bytes(f"{folder}/{f}") for f in ("metrics.json", "gates.json")}
+    for role, manifest in zip(("candidate", "baseline"), pipeline.run_models(ctx, inputs)):
+        evidence[f"predictions/{role}"] = lake.read_bytes(predictions_path(spec, snap, manifest))
+    return ctx, snap, frame, candidate, evidence
 
 
 START = "2024-01-23"  # the toy's rows are 30 minutes apart from 2024-01-01: the window starts at row 1056
@@ -249,8 +253,11 @@ def in_process(tmp_path_factory):
         return _evaluate_task(tmp_path_factory.mktemp("single"), mp, {})
 
 
-def test_pipeline_metrics_and_gates_are_byte_identical_with_dask(dask, in_process, tmp_path, monkeypatch):
+def test_pipeline_metrics_and_gates_are_byte_identical_with_dask(dask, in_process, tmp_path, monkeypatch, caplog):
+    """Scoring (one snapshot part per Dask task, the pieces copied into one file) and metrics (one accumulator per
+    shard) on the workers: the predictions files, metrics.json and gates.json are the single process's bytes."""
     import json
+    import logging
 
     ctx, snap, frame, candidate, single = in_process
     shards = snapshot_shards(ctx.lake, snap, ctx.spec)
@@ -259,8 +266,12 @@ def test_pipeline_metrics_and_gates_are_byte_identical_with_dask(dask, in_proces
     assert [(s.parts, s.row_offset, s.rows) for s in shards] == [((1,), 0, 944), ((2,), 944, 1000)]
     assert len(window) == 1944
     scheduler = dask.client.scheduler.address
-    *_, sharded = _evaluate_task(tmp_path / "dask", monkeypatch, {"EVAL_DASK_ADDRESS": scheduler})
-    assert sharded == single
+    with caplog.at_level(logging.INFO, logger="eval_pipeline.scoring"):
+        *_, sharded = _evaluate_task(tmp_path / "dask", monkeypatch, {"EVAL_DASK_ADDRESS": scheduler})
+    assert "model toy_model@2 scored on 2 shards (1944 rows)" in caplog.text
+    assert "model toy_model@1 scored on 2 shards (1944 rows)" in caplog.text
+    assert sharded.keys() == single.keys() and sharded == single
+    assert not [p for p in (tmp_path / "dask").rglob("*") if ".pieces-" in str(p)]  # no piece left behind
     spill = tmp_path / "spill"
     *_, spilled = _evaluate_task(tmp_path / "dask_spill", monkeypatch, {
         "EVAL_DASK_ADDRESS": scheduler, "EVAL_ENGINE_SPILL_ROWS": "100", "EVAL_ENGINE_SPILL_DIR": str(spill)})
@@ -311,3 +322,30 @@ def _remember(values):  # runs on each worker (os.environ.update itself would pi
 def _forget(names):
     for k in names:
         os.environ.pop(k, None)
+
+
+def test_a_model_raising_on_a_worker_is_named_and_leaves_no_output_and_no_piece(dask, tmp_path):
+    """A model that cannot score some rows fails on the worker that scores them: the step's error names the model
+    (scikit-learn's own message travels back), no predictions file is written and no piece is left in the lake."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from eval_pipeline.scoring import ScoringError, score_model
+
+    lake = Lake(str(tmp_path / "lake"))
+    frame = toy_frame(3000, seed=4)
+    land(lake, frame, parts=3)
+    train = frame.iloc[:800][lambda f: f.b != "z"]  # never saw b == "z", and refuses unknown categories
+    strict = make_pipeline(ColumnTransformer([("num", StandardScaler(), ["a"]),
+                                              ("cat", OneHotEncoder(handle_unknown="error"), ["b"])]),
+                           LogisticRegression()).fit(train[["a", "b"]], train.y)
+    reg = Registry(lake)
+    manifest = register_joblib(reg, "3", strict)
+    spec = toy_spec(data={"source": "incoming/toy", "evaluation_start": START})
+    snap = pipeline.refresh(pipeline.TaskContext(lake, spec))
+    with pytest.raises(ScoringError, match=r"model toy_model@3 raised while scoring .*unknown categor"):
+        score_model(lake, reg, spec, snap, manifest, backend=dask)
+    assert not lake.exists(predictions_path(spec, snap, manifest))
+    assert not [p for p in (tmp_path / "lake").rglob("*") if ".pieces-" in str(p)]
