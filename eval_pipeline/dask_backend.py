@@ -5,8 +5,9 @@ of ``EVAL_DASK_WORKERS`` worker processes (default 2, one thread each; every ser
 127.0.0.1 and free ports, so two clusters never compete for 8787) for the duration of one evaluation: for tests,
 benchmarks and a single big machine. Workers need this package (same version: a worker keeps the code it imported
 until it is restarted), read the lake themselves (the lake's S3 options travel with it, AWS credentials come from
-each worker's own chain) and send back one accumulator per shard; the merge and the bootstrap run in the client (the
-process running the ``evaluation`` step). Dask is imported only when this backend is used (the ``dask`` extra).
+each worker's own chain) and send back one accumulator per shard (the merge and the bootstrap run in the client, the
+process running the ``evaluation`` step), or score one shard into a piece of a predictions file in the lake
+(``scoring._write_sharded``: the client of the ``predictions`` step assembles the file). Dask is imported only when this backend is used (the ``dask`` extra).
 """
 from __future__ import annotations
 
