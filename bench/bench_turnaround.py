@@ -7,7 +7,11 @@
       results inside their steps);
     * cold: the same command on a copy of the lake without its quality and drift results and an empty DAGSTER_HOME
       (refresh, Great Expectations and Evidently all run: what ``evaluate`` did before this issue);
-    * the bare import of Great Expectations and Evidently in a fresh process (what skipping them can save at most).
+    * the bare import of Great Expectations and Evidently in a fresh process (what skipping them can save at most);
+    * the floor: a fresh process that imports what ``evaluate`` imports, builds the definitions and opens the
+      instance, and does no work (what any evaluation in a new process pays first);
+    * warm: the second of two evaluations in one process (the work itself, every import paid);
+    * the seconds of each step of one run, as the instance recorded them.
 (b) manifest landed -> verdict visible in the UI: a real ``dagster dev`` (webserver + daemons, 127.0.0.1) over the
     same lake and DAGSTER_HOME with the DEFAULT sensor interval; a new version is written into the registry layout
     (artifact first, manifest last, as ``eval-pipeline register`` does); the clock stops when GraphQL shows the
@@ -99,6 +103,25 @@ _instance(sys.argv[2]).get_runs(limit=1)
 """
 
 
+WARM = """
+import sys, time
+from eval_pipeline.cli import run_evaluation
+spec, lake, home, first, second = sys.argv[1:]
+run_evaluation(spec, lake, f"flights_delay@{first}", home)  # pays every import and first-use cost
+t0 = time.perf_counter()
+run_evaluation(spec, lake, f"flights_delay@{second}", home)
+print(time.perf_counter() - t0)
+"""
+
+
+def warm_seconds(lake: Path, home: Path, first: str, second: str) -> float:
+    """The second of two evaluations in one process: what the work itself takes (scoring, metrics, robustness,
+    suites, report, Dagster's run) once every import and first-use cost is paid -- the part no start-up trick saves."""
+    proc = subprocess.run([sys.executable, "-c", WARM, str(SPEC), str(lake), str(home), first, second],
+                          env=_env(lake, home), check=True, capture_output=True, text=True, cwd=ROOT)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
 def floor_seconds(lake: Path, home: Path) -> float:
     """A fresh process that imports what `evaluate` imports, builds the definitions and opens the instance, and
     computes nothing: what any evaluation in a new process pays before its first row."""
@@ -166,10 +189,15 @@ def part_a(lake: Path, home: Path, trials: int, start: int) -> dict:
         shutil.rmtree(cold_lake.parent, ignore_errors=True)
     imports = [import_seconds() for _ in range(max(2, trials // 2))]
     floors = [floor_seconds(lake, home) for _ in range(max(2, trials // 2))]
+    warm_first = start + 3 * trials + 1
+    for v in (warm_first, warm_first + 1):
+        new_version(lake, str(v))
+    warm = warm_seconds(lake, home, str(warm_first), str(warm_first + 1))
     steps = step_seconds(home, str(start + 1 + 3 * (trials // 2)))  # the median-ish trial's steps
     out = {"evaluate_new_candidate_s": statistics.median(skip), "evaluate_force_refresh_s": statistics.median(force),
            "evaluate_cold_s": statistics.median(cold), "import_gx_evidently_s": statistics.median(imports),
            "floor_imports_definitions_instance_s": statistics.median(floors), "evaluate_steps_s": steps,
+           "warm_process_evaluation_s": warm,
            "trials": trials, "evaluate_runs_s": [round(x, 2) for x in skip],
            "force_runs_s": [round(x, 2) for x in force], "cold_runs_s": [round(x, 2) for x in cold]}
     out["ratio_force_over_new"] = out["evaluate_force_refresh_s"] / out["evaluate_new_candidate_s"]
@@ -180,8 +208,8 @@ def part_a(lake: Path, home: Path, trials: int, start: int) -> dict:
           f"{out['evaluate_cold_s']:.2f} s ({out['ratio_cold_over_new']:.2f}x)  |  bare import of GX + Evidently: "
           f"{out['import_gx_evidently_s']:.2f} s", flush=True)
     print(f"    floor (a new process importing what evaluate imports, building the definitions, opening the "
-          f"instance; no work): {out['floor_imports_definitions_instance_s']:.2f} s; steps of one run: {steps}",
-          flush=True)
+          f"instance; no work): {out['floor_imports_definitions_instance_s']:.2f} s; a second evaluation in a "
+          f"warm process (imports paid): {warm:.2f} s; steps of one run: {steps}", flush=True)
     return out
 
 
