@@ -246,6 +246,14 @@ def test_dagster_markdown_embeds_a_small_png_and_links_the_report(evaluated):
     # a re-run of the complete evidence set writes nothing and still returns the plots and the link
     again = pipeline.write_report(evaluated["ctx"], evaluated["snap"], evaluated["inputs"])
     assert again["plots_markdown"] == md and again["markdown"] == written
+    # taken from report.md, it is what drawing the key plots anew gives (the same bytes: the PNG is deterministic)
+    from eval_pipeline.curves import report_curves
+    from eval_pipeline.report_html import engine_areas
+
+    ctx, inputs = evaluated["ctx"], evaluated["inputs"]
+    roles = dict(zip(("candidate", "baseline"), pipeline.run_models(ctx, inputs)))
+    curves = report_curves(lake, ctx.spec, evaluated["snap"], roles)
+    assert md == plots.ui_markdown(result, engine_areas(curves, result), url)
 
 
 def test_report_link_on_s3_is_a_presigned_url_that_downloads_the_report(s3_lake):  # noqa: F811
