@@ -59,6 +59,12 @@ def poisson_cells(rng: np.random.Generator, counts: np.ndarray, size: int) -> np
 def percentile_ci(reps: np.ndarray, confidence: float):
     """Percentile interval along axis 0 (NaN replicates, e.g. a resample with no positives, are ignored)."""
     a = (1.0 - confidence) / 2.0
+    reps = np.asarray(reps)
+    if reps.size and reps.shape[0] and not np.isnan(reps).any():
+        # The common case, no NaN: np.quantile gives nanquantile's values (the same order statistics, the same
+        # interpolation; tested equal) for a fraction of its fixed cost, and this runs ~1,000 times an evaluation.
+        lo, hi = np.quantile(reps, [a, 1 - a], axis=0)
+        return lo, hi
     with np.errstate(all="ignore"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -91,3 +91,29 @@ def test_min_positives_marks_a_slice_too_small_and_says_why():
     assert by["g=a"]["status"] == "ok"
     assert by["g=b"]["status"] == "too_small" and "min_positives 30" in by["g=b"]["too_small"]
     assert by["g=b"]["models"] == {}
+
+
+def test_percentile_interval_fast_path_equals_numpys_nanquantile():
+    """percentile_ci takes np.quantile when no replicate is NaN (it runs ~1,000 times an evaluation): the bounds must
+    be numpy's nanquantile's, float for float, on what replicates look like (ties, a narrow band, one slice or many,
+    B = 2 ... 1001), and NaN replicates (a resample without positives) must still be ignored."""
+    from eval_pipeline.engine.bootstrap import percentile_ci
+
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        b = int(rng.choice([2, 50, 999, 1000, 1001]))
+        shape = (b,) if trial % 2 else (b, int(rng.integers(1, 40)))
+        reps = np.round(0.7 + 1e-3 * rng.standard_normal(shape), int(rng.integers(2, 9)))
+        for confidence in (0.95, 0.99, 0.9983):
+            lo, hi = percentile_ci(reps, confidence)
+            a = (1 - confidence) / 2
+            assert np.array_equal(lo, np.nanquantile(reps, a, axis=0))
+            assert np.array_equal(hi, np.nanquantile(reps, 1 - a, axis=0))
+    reps = rng.random((1000, 3))
+    reps[::7, 1] = np.nan
+    lo, hi = percentile_ci(reps, 0.95)
+    kept = reps[~np.isnan(reps[:, 1]), 1]
+    a = (1 - 0.95) / 2
+    assert lo[1] == pytest.approx(np.quantile(kept, a), rel=1e-12)
+    assert hi[1] == pytest.approx(np.quantile(kept, 1 - a), rel=1e-12)
+    assert np.array_equal(lo, np.nanquantile(reps, a, axis=0))  # the NaN path is numpy's nanquantile, as before
