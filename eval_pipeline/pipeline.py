@@ -291,13 +291,34 @@ def run_snapshot(ctx: TaskContext, inputs: EvalInputs) -> Snapshot:
     return snap
 
 
-def _gate_defs(ctx: TaskContext, inputs: EvalInputs):
+def gate_defs(gates, paired: bool) -> list:
+    """The engine's GateDefs for a spec's gate list (the task's, an evaluation suite's). Without a baseline
+    (``paired`` false), non-inferiority has nothing to compare with: only absolute gates apply."""
     from .engine import GateDef
 
-    # Without a baseline, non-inferiority has nothing to compare with: only absolute gates apply.
-    gates = [GateDef(metric=g.metric, kind=g.kind, min=g.min, max=g.max, margin=g.margin,
-                     slices=g.slices if isinstance(g.slices, str) else list(g.slices), name=g.name)
-             for g in ctx.spec.gates if inputs.baseline is not None or g.kind == "absolute"]
+    return [GateDef(metric=g.metric, kind=g.kind, min=g.min, max=g.max, margin=g.margin,
+                    slices=g.slices if isinstance(g.slices, str) else list(g.slices), name=g.name)
+            for g in gates if paired or g.kind == "absolute"]
+
+
+def engine_arguments(spec: EvalSpec, roles, paired: bool) -> dict:
+    """The engine's ``evaluate`` arguments for a spec (the task's, or an evaluation suite's derived spec): the
+    ``roles``' prediction columns, slices, metrics, model options and the evaluation section."""
+    from .engine import SliceConfig
+
+    ev = spec.evaluation
+    return dict(
+        task_type=spec.task_type, label=spec.columns.label,
+        predictions={role: _role_columns(spec, role) for role in roles},
+        slices=SliceConfig(**spec.slices.engine_kwargs(SliceConfig)),  # incl. slices.min_positives / min_negatives
+        metrics=spec.metric_names(), threshold=spec.model.threshold, classes=spec.model.classes,
+        top_k=spec.model.top_k, ece_bins=ev.ece_bins, n_boot=ev.bootstrap_replicates, seed=ev.seed,
+        confidence=ev.confidence, baseline="baseline" if paired else None, candidate="candidate",
+        **spec.engine_task_options())  # ranking: the query column, relevance_min, no_relevant
+
+
+def _gate_defs(ctx: TaskContext, inputs: EvalInputs):
+    gates = gate_defs(ctx.spec.gates, inputs.baseline is not None)
     if not gates and inputs.baseline is None and not inputs.monitoring and not has_absolute_gates(ctx.spec):
         raise NoBaselineError(no_baseline_message(ctx, inputs.version))
     return gates
@@ -392,7 +413,7 @@ def compute_metrics(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dic
     persisted). A complete evidence set for these inputs already exists: nothing is recomputed or rewritten.
     """
     from .dask_backend import backend_from_settings
-    from .engine import SliceConfig, apply_gates, evaluate
+    from .engine import apply_gates, evaluate
     from .engine.shards import evaluate_shards
     from .evaluation_shards import ShardError, count_rows, shard_reader, snapshot_shards, spill_arguments
     from .settings import load_settings
@@ -404,16 +425,7 @@ def compute_metrics(ctx: TaskContext, snap: Snapshot, inputs: EvalInputs) -> dic
     candidate, baseline = run_models(ctx, inputs)
     gates = _gate_defs(ctx, inputs)
     roles = {"candidate": candidate} | ({"baseline": baseline} if baseline else {})
-    s = spec.slices
-    args = dict(
-        task_type=spec.task_type, label=spec.columns.label,
-        predictions={role: _role_columns(spec, role) for role in roles},
-        slices=SliceConfig(**s.engine_kwargs(SliceConfig)),  # incl. slices.min_positives / min_negatives
-        metrics=spec.metric_names(), threshold=spec.model.threshold, classes=spec.model.classes,
-        top_k=spec.model.top_k, ece_bins=spec.evaluation.ece_bins, n_boot=spec.evaluation.bootstrap_replicates,
-        seed=spec.evaluation.seed, confidence=spec.evaluation.confidence,
-        baseline="baseline" if baseline else None, candidate="candidate",
-        **spec.engine_task_options())  # ranking: the query column, relevance_min, no_relevant
+    args = engine_arguments(spec, roles, baseline is not None)
     # EVAL_DASK_ADDRESS: one Dask task per snapshot shard, merged and bootstrapped here (byte-identical result)
     settings = load_settings(warn=False)
     backend = backend_from_settings(settings)

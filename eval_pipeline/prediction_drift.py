@@ -17,9 +17,9 @@ Notes
   the sizes used, the totals and the method. The scores are numeric and their default methods (normed Wasserstein,
   K-S) need the values, so only the sampled rows are scored by the models.
 * Method: each score column is scored by Evidently's default method for one numeric column, with
-  :mod:`eval_pipeline.drift_methods` via ``drift.py``'s prediction-drift code (K-S and normed Wasserstein, the
-  methods of a continuous score, without importing Evidently) (the same rows as ``prediction_drift``
-  in ``drift.json`` would have): reference <= 1000 rows: K-S (p-value); more: normed Wasserstein distance; a score
+  :mod:`eval_pipeline.drift_methods` via ``drift.py``'s prediction-drift code, on the same rows as
+  ``prediction_drift`` in ``drift.json`` would have (K-S and normed Wasserstein, the methods of a continuous score,
+  are computed without importing Evidently): reference <= 1000 rows: K-S (p-value); more: normed Wasserstein distance; a score
   column with at most 5 distinct values gets chi-square / Z / Jensen-Shannon, as Evidently would.
 * Score columns: binary ``score`` (P(positive)), regression ``prediction``; multiclass: **one row per class
   probability column** (``proba_<class>``), each compared on its own (a shift between two classes shows in both

@@ -22,6 +22,22 @@ def _fmt(v, digits: int = 4) -> str:
     return str(v)
 
 
+def fixed(v, digits: int = 4) -> str:
+    """A number with ``digits`` decimals, "—" for None (the beyond-accuracy sections' cells)."""
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def value_with_ci(cell: dict | None, signed: bool = False) -> str:
+    """A result cell (``value``, ``ci``, ``undefined``) as "0.0814 [0.0759, 0.0871]" (``signed``: "+0.0123 [...]",
+    for deltas), or "undefined (why)"."""
+    cell = cell or {}
+    v, ci = cell.get("value"), cell.get("ci")
+    if v is None:
+        return "undefined" + (f" ({cell['undefined']})" if cell.get("undefined") else "")
+    f = "{:+.4f}" if signed else "{:.4f}"
+    return f.format(v) + (f" [{f.format(ci[0])}, {f.format(ci[1])}]" if ci else "")
+
+
 def _ci(ci) -> str:
     return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "—"
 

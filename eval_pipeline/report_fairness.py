@@ -2,16 +2,9 @@
 ``fairness`` block (:class:`eval_pipeline.engine.fairness.FairnessResult`)."""
 from html import escape as e
 
+from .report import value_with_ci as _value
+
 RATE_NAMES = {"selection_rate": "selection rate", "true_positive_rate": "TPR", "false_positive_rate": "FPR"}
-
-
-def _value(cell: dict | None, signed: bool = False) -> str:
-    cell = cell or {}
-    v, ci = cell.get("value"), cell.get("ci")
-    if v is None:
-        return "undefined" + (f" ({cell['undefined']})" if cell.get("undefined") else "")
-    f = "{:+.4f}" if signed else "{:.4f}"
-    return f.format(v) + (f" [{f.format(ci[0])}, {f.format(ci[1])}]" if ci else "")
 
 
 def disparity_rows(block: dict) -> tuple[list[str], list[list[str]]]:

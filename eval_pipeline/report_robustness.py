@@ -2,17 +2,7 @@
 from html import escape as e
 
 from .markdown import md_table
-
-
-def _fmt(v, digits: int = 4) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
-
-
-def _delta(cell: dict) -> str:
-    d, ci = cell.get("delta"), cell.get("ci")
-    if d is None:
-        return "undefined" + (f" ({cell['undefined']})" if cell.get("undefined") else "")
-    return f"{d:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+from .report import fixed, value_with_ci
 
 
 def robustness_rows(block: dict) -> tuple[list[str], list[list[str]]]:
@@ -27,7 +17,8 @@ def robustness_rows(block: dict) -> tuple[list[str], list[list[str]]]:
             continue
         gated = {g["metric"]: g["outcome"] for g in p.get("gates", [])}
         for m, cell in p.get("metrics", {}).items():
-            rows.append(base + [m, _fmt(cell.get("clean")), _fmt(cell.get("perturbed")), _delta(cell),
+            delta = value_with_ci({**cell, "value": cell.get("delta")}, signed=True)  # the paired Δ and its CI
+            rows.append(base + [m, fixed(cell.get("clean")), fixed(cell.get("perturbed")), delta,
                                 gated.get(m, "not gated")])
     return header, rows
 

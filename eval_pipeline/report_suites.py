@@ -4,12 +4,9 @@ per-example suite (candidate, baseline, and which failures are new), or a metric
 from html import escape as e
 
 from .markdown import md_table
+from .report import fixed, value_with_ci
 
 SUMMARY_HEADER = ["suite", "kind", "folder", "snapshot", "rows", "outcome", "what decided it"]
-
-
-def _fmt(v, digits: int = 4) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
 
 
 def _ids(outcome: dict) -> str:
@@ -52,12 +49,10 @@ def overall_rows(b: dict) -> tuple[list[str], list[list[str]]]:
     header = ["metric"] + roles + (["Δ [CI, unadjusted]"] if "baseline" in roles else [])
     rows = []
     for metric in m.get("metrics", []) if overall else []:
-        row = [metric] + [_fmt((overall["models"][r].get(metric) or {}).get("value")) for r in roles]
+        row = [metric] + [fixed((overall["models"][r].get(metric) or {}).get("value")) for r in roles]
         if "baseline" in roles:
             d = (overall.get("delta") or {}).get(metric) or {}
-            ci = d.get("ci")
-            row.append("—" if d.get("value") is None else
-                       f"{d['value']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""))
+            row.append("—" if d.get("value") is None else value_with_ci(d, signed=True))
         rows.append(row)
     return header, rows
 

@@ -267,10 +267,9 @@ def _failed_rows(gates, why: str) -> list[dict]:
 
 
 def _verdict(rows: list[dict]) -> str | None:
-    outcomes = [r["outcome"] for r in rows]
-    if not outcomes:
-        return None
-    return "FAIL" if "FAIL" in outcomes else ("INCONCLUSIVE" if "INCONCLUSIVE" in outcomes else "PASS")
+    from .engine.gates import worst_verdict
+
+    return worst_verdict(*(r["outcome"] for r in rows))
 
 
 def run_robustness(sample: pd.DataFrame, loaded: LoadedModel, spec: EvalSpec) -> dict:
@@ -335,21 +334,13 @@ def evaluate_robustness(lake, registry, spec: EvalSpec, snap, manifest, trusted_
     return {"status": "ok", "model": manifest.ref, **run_robustness(sample, loaded, spec)}
 
 
-_RANK = {"PASS": 0, "INCONCLUSIVE": 1, "FAIL": 2}
-
-
 def with_robustness(gates_dict: dict, block: dict | None) -> dict:
     """The gates report with the robustness gate rows appended (``kind`` robustness rows keep the engine's row keys)
     and the verdict made the worse of the two: the robustness gates are their own multiplicity family (Bonferroni
     across perturbations at the report's alpha), like a second gate matrix."""
+    from .engine.gates import append_family
+
     if not block or not block.get("verdict"):
         return gates_dict
     rows = [dict(g, family="robustness") for p in block["perturbations"] for g in p.get("gates", [])]
-    out = dict(gates_dict, gates=list(gates_dict["gates"]) + rows)
-    verdicts = [v for v in (gates_dict.get("verdict"), block["verdict"]) if v in _RANK]
-    out["verdict"] = max(verdicts, key=_RANK.get) if verdicts else gates_dict.get("verdict")
-    counts = dict(gates_dict.get("counts") or {})
-    for g in rows:
-        counts[g["outcome"]] = counts.get(g["outcome"], 0) + 1
-    out["counts"] = counts
-    return out
+    return append_family(gates_dict, rows, block["verdict"])

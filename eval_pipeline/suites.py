@@ -23,13 +23,6 @@ import numpy as np
 from .lake import LakeError
 
 MAX_IDS = 100
-_RANK = {"PASS": 0, "INCONCLUSIVE": 1, "FAIL": 2}
-
-
-def worst(*verdicts) -> str | None:
-    """FAIL over INCONCLUSIVE over PASS; None when no verdict is given."""
-    known = [v for v in verdicts if v in _RANK]
-    return max(known, key=_RANK.get) if known else None
 
 
 def suite_task(task: str, name: str) -> str:
@@ -288,21 +281,13 @@ def _metric_suite(spec, suite, reader, roles: dict, paired: bool) -> dict:
     """The engine's paired evaluation of the suite's rows and its gates, decided as their own multiplicity family
     (without a baseline only absolute gates apply, like the task's)."""
     from . import pipeline
-    from .engine import GateDef, SliceConfig, apply_gates, evaluate
+    from .engine import apply_gates, evaluate
 
-    ev = spec.evaluation
-    result = evaluate(reader(), task_type=spec.task_type, label=spec.columns.label,
-                      predictions={r: pipeline._role_columns(spec, r) for r in roles},
-                      slices=SliceConfig(**spec.slices.engine_kwargs(SliceConfig)), metrics=spec.metric_names(),
-                      threshold=spec.model.threshold, classes=spec.model.classes, top_k=spec.model.top_k,
-                      ece_bins=ev.ece_bins, n_boot=ev.bootstrap_replicates, seed=ev.seed, confidence=ev.confidence,
-                      baseline="baseline" if paired else None, candidate="candidate", **spec.engine_task_options())
-    gates = [GateDef(metric=g.metric, kind=g.kind, min=g.min, max=g.max, margin=g.margin,
-                     slices=g.slices if isinstance(g.slices, str) else list(g.slices), name=g.name)
-             for g in suite.gates if paired or g.kind == "absolute"]
+    result = evaluate(reader(), **pipeline.engine_arguments(spec, roles, paired))
+    gates = pipeline.gate_defs(suite.gates, paired)
     block = {"metrics": result.to_dict(), "gates": [], "verdict": None}
     if gates:
-        report = apply_gates(result, gates, multiplicity=ev.multiplicity).to_dict()
+        report = apply_gates(result, gates, multiplicity=spec.evaluation.multiplicity).to_dict()
         # the suite's name in the gate and slice: its rows never pass for the task's (forest plots match slices)
         block["gates"] = [dict(g, gate=f"suite:{suite.name}:{g['gate']}", slice=f"{suite.name}:{g['slice']}",
                                family=f"suite:{suite.name}") for g in report["gates"]]
@@ -314,15 +299,11 @@ def _metric_suite(spec, suite, reader, roles: dict, paired: bool) -> dict:
 def with_suites(gates_dict: dict, blocks: list[dict] | None) -> dict:
     """The gates report with every suite's gate rows appended and the verdict the worst of the task's and the
     suites' (a suite without an applicable gate has no verdict and decides nothing)."""
+    from .engine.gates import append_family
+
     if not blocks:
         return gates_dict
-    rows = [g for b in blocks for g in b.get("gates", [])]
-    out = dict(gates_dict, gates=list(gates_dict["gates"]) + rows)
-    out["verdict"] = worst(gates_dict.get("verdict"), *(b.get("verdict") for b in blocks)) or gates_dict.get("verdict")
-    counts = dict(gates_dict.get("counts") or {})
-    for g in rows:
-        counts[g["outcome"]] = counts.get(g["outcome"], 0) + 1
-    out["counts"] = counts
+    out = append_family(gates_dict, [g for b in blocks for g in b.get("gates", [])], *(b.get("verdict") for b in blocks))
     out["suites"] = {b["name"]: b.get("verdict") for b in blocks}
     return out
 

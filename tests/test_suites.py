@@ -69,8 +69,10 @@ def test_per_example_all_right_passes_and_no_rows_is_inconclusive():
 
 
 def test_worst_and_with_suites_combine_verdicts_and_counts():
-    assert suites.worst("PASS", None, "INCONCLUSIVE") == "INCONCLUSIVE"
-    assert suites.worst("INCONCLUSIVE", "FAIL", "PASS") == "FAIL" and suites.worst(None) is None
+    from eval_pipeline.engine.gates import worst_verdict
+
+    assert worst_verdict("PASS", None, "INCONCLUSIVE") == "INCONCLUSIVE"
+    assert worst_verdict("INCONCLUSIVE", "FAIL", "PASS") == "FAIL" and worst_verdict(None) is None
     task = {"verdict": "PASS", "gates": [{"gate": "g", "outcome": "PASS"}], "counts": {"PASS": 1}}
     blocks = [{"name": "a", "verdict": None, "gates": []},
               {"name": "b", "verdict": "INCONCLUSIVE", "gates": [{"gate": "suite:b:data", "outcome": "INCONCLUSIVE"}]}]

@@ -575,3 +575,25 @@ def apply_gates(result, gates: list[GateDef], *, multiplicity: str = "holm", alp
     verdict = "FAIL" if "FAIL" in outcomes else ("INCONCLUSIVE" if "INCONCLUSIVE" in outcomes or not rows else "PASS")
     return GateReport(verdict=verdict, multiplicity=multiplicity, alpha=alpha, gates=rows, power=power,
                       resolution=resolution, warnings=warnings)
+
+
+_VERDICT_RANK = {"PASS": 0, "INCONCLUSIVE": 1, "FAIL": 2}
+
+
+def worst_verdict(*verdicts) -> str | None:
+    """FAIL over INCONCLUSIVE over PASS (the verdict rule across rows and families); None when none is given."""
+    known = [v for v in verdicts if v in _VERDICT_RANK]
+    return max(known, key=_VERDICT_RANK.get) if known else None
+
+
+def append_family(gates_dict: dict, rows: list[dict], *verdicts) -> dict:
+    """A gates report (``GateReport.to_dict()``) with another multiplicity family's gate rows appended (robustness,
+    an evaluation suite): its verdict the worst of its own and ``verdicts`` (None: that family decides nothing), the
+    outcome counts recounted. The input is not changed."""
+    out = dict(gates_dict, gates=list(gates_dict["gates"]) + rows)
+    out["verdict"] = worst_verdict(gates_dict.get("verdict"), *verdicts) or gates_dict.get("verdict")
+    counts = dict(gates_dict.get("counts") or {})
+    for g in rows:
+        counts[g["outcome"]] = counts.get(g["outcome"], 0) + 1
+    out["counts"] = counts
+    return out
